@@ -1,0 +1,3 @@
+#ifndef QD_DTYPE_H
+#define QD_DTYPE_H
+#endif

@@ -1,0 +1,3 @@
+#ifndef QD_CONFIG_H
+#define QD_CONFIG_H
+#endif

@@ -1,0 +1,3 @@
+#include "test.h"
+#include "error.h"
+QD_TEST_MAIN()
