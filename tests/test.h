@@ -31,15 +31,15 @@ static int qd_failed_checks_;
 static int qd_skipped_;
 static const char *qd_skip_reason_;
 
-#define QD_TEST(name)                                                             \
-    static void qd_test_##name(void);                                             \
-    __attribute__((constructor)) static void qd_register_##name(void) {           \
+#define QD_TEST(tname)                                                            \
+    static void qd_test_##tname(void);                                            \
+    __attribute__((constructor)) static void qd_register_##tname(void) {          \
         if (qd_ntests_ < QD_TEST_MAX) {                                           \
-            qd_tests_[qd_ntests_].name = #name;                                   \
-            qd_tests_[qd_ntests_++].fn = qd_test_##name;                          \
+            qd_tests_[qd_ntests_].name = #tname;                                  \
+            qd_tests_[qd_ntests_++].fn = qd_test_##tname;                         \
         }                                                                         \
     }                                                                             \
-    static void qd_test_##name(void)
+    static void qd_test_##tname(void)
 
 #define QD_FAIL_(...)                                                             \
     do {                                                                          \
@@ -104,6 +104,10 @@ static inline void qd_test_skip(const char *why) {
 
 static inline int qd_test_run(void) {
     int failed_tests = 0;
+    if (qd_ntests_ == 0) {
+        printf("no tests registered: a test program that checks nothing fails\n");
+        return 1;
+    }
     for (int i = 0; i < qd_ntests_; i++) {
         int before = qd_failed_checks_;
         qd_tests_[i].fn();
