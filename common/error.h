@@ -15,6 +15,10 @@
 #include <stdarg.h>
 #include <stddef.h>
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /*        name           message                              gRPC status */
 #define QD_ERROR_TABLE(X)                                                               \
     X(OK,              "success",                             0  /* OK */)              \
@@ -74,5 +78,9 @@ void qd_error_prefix(qd_error *e, const char *fmt, ...) __attribute__((format(pr
 void qd_error_clear(qd_error *e);
 /* The message if one was set, else the code's fixed text. */
 const char *qd_error_text(const qd_error *e);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif /* QD_ERROR_H */

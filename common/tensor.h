@@ -19,6 +19,10 @@
 
 #include "error.h"
 
+#ifdef __cplusplus
+extern "C" {
+#endif
+
 /* Element types. The string is the safetensors dtype name. */
 #define QD_DTYPE_TABLE(X)            \
     X(F64, "F64", 8, 1)              \
@@ -92,5 +96,9 @@ bool qd_shape_nbytes(qd_dtype dtype, int ndim, const int64_t *shape, uint64_t *o
 
 /* "[128, 352]" into buf; returns buf. */
 const char *qd_shape_str(int ndim, const int64_t *shape, char *buf, size_t len);
+
+#ifdef __cplusplus
+}
+#endif
 
 #endif /* QD_TENSOR_H */
