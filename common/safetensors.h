@@ -100,7 +100,8 @@ typedef struct qd_st_model qd_st_model;
 qd_err qd_st_model_open(const char *dir, qd_st_model **out, qd_error *err);
 void qd_st_model_close(qd_st_model *m); /* accepts NULL */
 size_t qd_st_model_count(const qd_st_model *m);
-/* All tensors of all shards, in shard order then header order. */
+/* All tensors of all shards: shards in file-name order (model-00001-of-... first), then
+ * header order within each. */
 const qd_st_entry *qd_st_model_get(const qd_st_model *m, size_t i);
 const qd_st_entry *qd_st_model_find(const qd_st_model *m, const char *name);
 size_t qd_st_model_shard_count(const qd_st_model *m);
