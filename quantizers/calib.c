@@ -1,0 +1,262 @@
+/*
+ * calib.c - the layer-by-layer calibration driver and activation statistics.
+ *
+ * DESIGN
+ * One decoder layer at a time over the whole batch (calib.h gives the contract). Per layer:
+ *
+ *   load fp32 weights -> on_weights hook -> layer_begin
+ *   MODIFIED:  xq = norm1(X)  -> cb(QKV, xq) -> xq = norm1(X) -> att = attn(xq)
+ *              -> cb(O, att) -> h = X + o(att) -> xg = norm2(h) -> cb(GATE_UP, xg)
+ *              -> xg = norm2(h) -> act = silu(gate(xg)) * up(xg) -> cb(DOWN, act)
+ *              -> X = h + down(act)
+ *   ORIGINAL:  the same chain without callbacks, every input kept, X' = layer output;
+ *              then cb(QKV), cb(O), cb(GATE_UP), cb(DOWN) on the kept inputs; X = X'
+ *   -> layer_end(X) -> free weights
+ *
+ * Buffers live for one layer: [T, hidden] x3 (xq/xg share one in MODIFIED mode),
+ * [T, heads * head_dim] and [T, intermediate]. The block functions chunk their own scratch.
+ */
+#include "calib.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model_internal.h"
+#include "ops.h"
+
+static const char *const group_names[QD_CALIB_GROUP_COUNT] = {"qkv", "o", "gate_up", "down"};
+
+const char *qd_calib_group_name(qd_calib_group g) {
+    if ((int)g < 0 || g >= QD_CALIB_GROUP_COUNT) return NULL;
+    return group_names[g];
+}
+
+int qd_calib_group_linears(qd_calib_group g, qd_linear_kind ret_kinds[3]) {
+    switch (g) {
+    case QD_CALIB_QKV:
+        ret_kinds[0] = QD_LINEAR_Q;
+        ret_kinds[1] = QD_LINEAR_K;
+        ret_kinds[2] = QD_LINEAR_V;
+        return 3;
+    case QD_CALIB_O: ret_kinds[0] = QD_LINEAR_O; return 1;
+    case QD_CALIB_GATE_UP:
+        ret_kinds[0] = QD_LINEAR_GATE;
+        ret_kinds[1] = QD_LINEAR_UP;
+        return 2;
+    case QD_CALIB_DOWN: ret_kinds[0] = QD_LINEAR_DOWN; return 1;
+    default: return 0;
+    }
+}
+
+/* ---- the driver ---- */
+
+struct layer_bufs {
+    float *xq;  /* [T, hidden] QKV input */
+    float *att; /* [T, qdim]   O input */
+    float *h;   /* [T, hidden] residual after attention */
+    float *xg;  /* [T, hidden] GATE_UP input (== xq in MODIFIED mode) */
+    float *act; /* [T, inter]  DOWN input */
+    float *y;   /* [T, hidden] block outputs */
+};
+
+struct run {
+    const qd_model *m;
+    const qd_calib_opts *o;
+    const qd_calib_callbacks *cb;
+    int64_t n_seq, seq_len, T;
+    float *x; /* [T, hidden] the hidden state between layers */
+};
+
+static qd_err call_group(struct run *r, qd_layer_weights *w, qd_calib_group g, const float *x,
+                         int64_t n_in, qd_error *err) {
+    if (!r->cb || !r->cb->group) return QD_OK;
+    qd_calib_input in = {
+        .layer = w->layer, .group = g, .x = x, .n_tok = r->T, .n_in = n_in,
+        .n_seq = r->n_seq, .seq_len = r->seq_len, .layer_in = r->x,
+    };
+    qd_err rc = r->cb->group(r->cb->ctx, &in, w, err);
+    if (rc) qd_error_prefix(err, "%s: ", qd_calib_group_name(g));
+    return rc;
+}
+
+static void add_into(float *dst, const float *a, const float *b, int64_t n) {
+    for (int64_t i = 0; i < n; i++) dst[i] = a[i] + b[i];
+}
+
+static qd_err layer_modified(struct run *r, qd_layer_weights *w, struct layer_bufs *b,
+                             qd_error *err) {
+    const qd_run_opts *o = &r->o->run;
+    const qd_llama_config *c = qd_model_config(r->m);
+    int64_t T = r->T, hid = c->hidden_size;
+    int64_t qdim = (int64_t)c->num_attention_heads * c->head_dim;
+    qd_err rc;
+
+    qd_model_rmsnorm(r->m, r->x, w->attn_norm, T, b->xq, o);
+    if ((rc = call_group(r, w, QD_CALIB_QKV, b->xq, hid, err))) return rc;
+    qd_model_rmsnorm(r->m, r->x, w->attn_norm, T, b->xq, o); /* the norm may have changed */
+    rc = qd_block_attention_ex(r->m, w, b->xq, r->n_seq, r->seq_len, NULL, b->att, o, err);
+    if (rc) return rc;
+    if ((rc = call_group(r, w, QD_CALIB_O, b->att, qdim, err))) return rc;
+    qd_linear_forward(w, QD_LINEAR_O, b->att, T, b->y, o);
+    add_into(b->h, r->x, b->y, T * hid);
+
+    qd_model_rmsnorm(r->m, b->h, w->mlp_norm, T, b->xg, o);
+    if ((rc = call_group(r, w, QD_CALIB_GATE_UP, b->xg, hid, err))) return rc;
+    qd_model_rmsnorm(r->m, b->h, w->mlp_norm, T, b->xg, o);
+    if ((rc = qd_block_mlp_ex(r->m, w, b->xg, T, NULL, b->act, o, err))) return rc;
+    if ((rc = call_group(r, w, QD_CALIB_DOWN, b->act, c->intermediate_size, err))) return rc;
+    qd_linear_forward(w, QD_LINEAR_DOWN, b->act, T, b->y, o);
+    add_into(r->x, b->h, b->y, T * hid);
+    return QD_OK;
+}
+
+static qd_err layer_original(struct run *r, qd_layer_weights *w, struct layer_bufs *b,
+                             qd_error *err) {
+    const qd_run_opts *o = &r->o->run;
+    const qd_llama_config *c = qd_model_config(r->m);
+    int64_t T = r->T, hid = c->hidden_size;
+    int64_t qdim = (int64_t)c->num_attention_heads * c->head_dim;
+    qd_err rc;
+
+    /* Float pass with the weights as loaded; every group input is kept. */
+    qd_model_rmsnorm(r->m, r->x, w->attn_norm, T, b->xq, o);
+    rc = qd_block_attention_ex(r->m, w, b->xq, r->n_seq, r->seq_len, NULL, b->att, o, err);
+    if (rc) return rc;
+    qd_linear_forward(w, QD_LINEAR_O, b->att, T, b->y, o);
+    add_into(b->h, r->x, b->y, T * hid);
+    qd_model_rmsnorm(r->m, b->h, w->mlp_norm, T, b->xg, o);
+    if ((rc = qd_block_mlp_ex(r->m, w, b->xg, T, b->y, b->act, o, err))) return rc;
+    add_into(b->h, b->h, b->y, T * hid); /* h is now the layer's float output */
+
+    if ((rc = call_group(r, w, QD_CALIB_QKV, b->xq, hid, err))) return rc;
+    if ((rc = call_group(r, w, QD_CALIB_O, b->att, qdim, err))) return rc;
+    if ((rc = call_group(r, w, QD_CALIB_GATE_UP, b->xg, hid, err))) return rc;
+    if ((rc = call_group(r, w, QD_CALIB_DOWN, b->act, c->intermediate_size, err))) return rc;
+    memcpy(r->x, b->h, (size_t)(T * hid) * sizeof(float));
+    return QD_OK;
+}
+
+static void free_bufs(struct layer_bufs *b) {
+    free(b->xq);
+    free(b->att);
+    free(b->h);
+    if (b->xg != b->xq) free(b->xg);
+    free(b->act);
+    free(b->y);
+    memset(b, 0, sizeof *b);
+}
+
+static qd_err alloc_bufs(const qd_model *m, int64_t T, bool separate_xg, struct layer_bufs *b,
+                         qd_error *err) {
+    const qd_llama_config *c = qd_model_config(m);
+    int64_t hid = c->hidden_size, inter = c->intermediate_size;
+    int64_t qdim = (int64_t)c->num_attention_heads * c->head_dim;
+    memset(b, 0, sizeof *b);
+    b->xq = malloc((size_t)(T * hid) * sizeof(float));
+    b->att = malloc((size_t)(T * qdim) * sizeof(float));
+    b->h = malloc((size_t)(T * hid) * sizeof(float));
+    b->xg = separate_xg ? malloc((size_t)(T * hid) * sizeof(float)) : b->xq;
+    b->act = malloc((size_t)(T * inter) * sizeof(float));
+    b->y = malloc((size_t)(T * hid) * sizeof(float));
+    if (!b->xq || !b->att || !b->h || !b->xg || !b->act || !b->y) {
+        free_bufs(b);
+        return qd_error_set(err, QD_ERR_NOMEM,
+                            "calibration: no memory for the activations of one layer "
+                            "(%lld tokens)", (long long)T);
+    }
+    return QD_OK;
+}
+
+qd_err qd_calib_run(const qd_model *m, const int32_t *tokens, int64_t n_seq, int64_t seq_len,
+                    const qd_calib_opts *o, const qd_calib_callbacks *cb, qd_error *err) {
+    static const qd_calib_opts default_opts;
+    if (!o) o = &default_opts;
+    qd_err rc = qd_model_check_tokens(m, tokens, n_seq, seq_len, err);
+    if (rc) return rc;
+    const qd_llama_config *c = qd_model_config(m);
+    int n_layers = c->num_hidden_layers;
+    if (o->n_layers > 0 && o->n_layers < n_layers) n_layers = o->n_layers;
+    struct run r = {.m = m, .o = o, .cb = cb, .n_seq = n_seq, .seq_len = seq_len,
+                    .T = n_seq * seq_len};
+    bool original = o->propagate == QD_CALIB_PROPAGATE_ORIGINAL;
+    struct layer_bufs b;
+
+    r.x = malloc((size_t)(r.T * c->hidden_size) * sizeof(float));
+    if (!r.x)
+        return qd_error_set(err, QD_ERR_NOMEM, "calibration: no memory for %lld hidden states",
+                            (long long)r.T);
+    if ((rc = qd_model_embed(m, tokens, r.T, r.x, err))) goto done_x;
+    if ((rc = alloc_bufs(m, r.T, original, &b, err))) goto done_x;
+
+    for (int l = 0; l < n_layers && !rc; l++) {
+        qd_layer_weights w;
+        if ((rc = qd_layer_weights_load(m, l, &w, err))) break;
+        if (o->run.on_weights) rc = o->run.on_weights(o->run.hook_ctx, &w, err);
+        if (!rc && cb && cb->layer_begin) rc = cb->layer_begin(cb->ctx, &w, r.x, r.T, err);
+        if (!rc) rc = original ? layer_original(&r, &w, &b, err) : layer_modified(&r, &w, &b, err);
+        if (!rc && cb && cb->layer_end) rc = cb->layer_end(cb->ctx, &w, r.x, r.T, err);
+        qd_layer_weights_done(&w);
+        if (rc) {
+            qd_error_prefix(err, "layer %d ", l);
+            break;
+        }
+        if (o->run.on_progress && o->run.on_progress(o->run.progress_ctx, l + 1, n_layers))
+            rc = qd_error_set(err, QD_ERR_CANCELLED, "calibration cancelled after layer %d",
+                              l + 1);
+    }
+    free_bufs(&b);
+done_x:
+    free(r.x);
+    return rc;
+}
+
+/* ---- statistics ---- */
+
+qd_err qd_act_stats_init(qd_act_stats *s, int64_t n_in, qd_error *err) {
+    memset(s, 0, sizeof *s);
+    if (n_in <= 0)
+        return qd_error_set(err, QD_ERR_INVALID_ARG, "activation statistics of %lld channels",
+                            (long long)n_in);
+    s->sum_abs = calloc((size_t)n_in, sizeof *s->sum_abs);
+    s->max_abs = calloc((size_t)n_in, sizeof *s->max_abs);
+    if (!s->sum_abs || !s->max_abs) {
+        qd_act_stats_done(s);
+        return qd_error_set(err, QD_ERR_NOMEM, "no memory for statistics of %lld channels",
+                            (long long)n_in);
+    }
+    s->n_in = n_in;
+    return QD_OK;
+}
+
+void qd_act_stats_done(qd_act_stats *s) {
+    if (!s) return;
+    free(s->sum_abs);
+    free(s->max_abs);
+    memset(s, 0, sizeof *s);
+}
+
+void qd_act_stats_add(qd_act_stats *s, const float *x, int64_t n_tok) {
+    for (int64_t t = 0; t < n_tok; t++) {
+        const float *xt = x + t * s->n_in;
+        for (int64_t i = 0; i < s->n_in; i++) {
+            float a = fabsf(xt[i]);
+            s->sum_abs[i] += a;
+            if (a > s->max_abs[i]) s->max_abs[i] = a;
+        }
+    }
+    s->n_tok += n_tok;
+}
+
+void qd_act_stats_mean_abs(const qd_act_stats *s, float *ret_mean) {
+    for (int64_t i = 0; i < s->n_in; i++)
+        ret_mean[i] = s->n_tok > 0 ? (float)(s->sum_abs[i] / (double)s->n_tok) : 0.0f;
+}
+
+void qd_calib_xtx_add(float *h, const float *x, int64_t n_tok, int64_t n_in,
+                      const qd_run_opts *o) {
+    if (o && o->use_ref)
+        qd_xtx_accum_ref(h, x, n_tok, n_in);
+    else
+        qd_xtx_accum_cpu(h, x, n_tok, n_in);
+}
