@@ -475,8 +475,8 @@ QD_TEST(list_items_are_checked) {
         "unix:relative", "unix:", "unix:/", "127.0.0.1", "127.0.0.1:0", "127.0.0.1:65536",
         "::1:7433", "[::1]", "[zz]:80", "[::1]:", "[]:80", "[fe80::1%]:80", "host:port",
         ":7433", "ho st:80", "127.0.0.1:+80", "", "tcp://x:1",
-        "unix:/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
-        "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", /* 112-byte path: more than sun_path holds */
+        ("unix:/aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"
+         "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa"), /* 112-byte path: more than sun_path holds */
     };
     static const char *const good_dev[] = {"auto", "cpu", "cuda:0", "cuda:15", "cuda:1023"};
     static const char *const bad_dev[] = {"gpu", "cuda:", "cuda:-1", "cuda:01", "CUDA:0",
