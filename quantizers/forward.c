@@ -79,6 +79,13 @@ void qd_model_rmsnorm(const qd_model *m, const float *x, const float *weight, in
     k_rmsnorm(opts_or_default(o), y, x, weight, n_tok, m->cfg.hidden_size, m->cfg.rms_norm_eps);
 }
 
+/* The activation hook of qd_run_opts, if any, on a linear group's input. */
+static qd_err input_hook(const qd_run_opts *o, const qd_layer_weights *w, qd_linear_kind kind,
+                         float *x, int64_t n_tok, int64_t n_in, qd_error *err) {
+    if (!o->on_linear_input) return QD_OK;
+    return o->on_linear_input(o->linear_input_ctx, w->layer, kind, x, n_tok, n_in, err);
+}
+
 /* Attention block on n_seq whole sequences; scratch sized by the caller's chunk. */
 static qd_err attention_chunk(const qd_model *m, const qd_layer_weights *w, const float *xn,
                               int64_t n_seq, int64_t seq_len, float *y, float *attn_out,
@@ -111,7 +118,10 @@ static qd_err attention_chunk(const qd_model *m, const qd_layer_weights *w, cons
                               c->num_key_value_heads, c->head_dim, err);
     }
     if (rc) return rc;
-    if (y) k_matmul(o, y, att, w->w[QD_LINEAR_O], w->b[QD_LINEAR_O], T, c->hidden_size, qdim);
+    if (y) {
+        if ((rc = input_hook(o, w, QD_LINEAR_O, att, T, qdim, err))) return rc;
+        k_matmul(o, y, att, w->w[QD_LINEAR_O], w->b[QD_LINEAR_O], T, c->hidden_size, qdim);
+    }
     return QD_OK;
 }
 
@@ -188,9 +198,15 @@ qd_err qd_block_mlp_ex(const qd_model *m, const qd_layer_weights *w, const float
             qd_silu_mul_ref(a, gate, up, nt * inter);
         else
             qd_silu_mul_cpu(a, gate, up, nt * inter);
-        if (y)
+        if (y) {
+            qd_err rc = input_hook(o, w, QD_LINEAR_DOWN, a, nt, inter, err);
+            if (rc) {
+                free(gate);
+                return rc;
+            }
             k_matmul(o, y + t0 * hid, a, w->w[QD_LINEAR_DOWN], w->b[QD_LINEAR_DOWN], nt, hid,
                      inter);
+        }
     }
     free(gate);
     return QD_OK;
@@ -220,10 +236,12 @@ qd_err qd_layer_forward(const qd_model *m, const qd_layer_weights *w, const floa
         const float *xi = x_in + s0 * seq_len * hid;
         float *xo = x_out + s0 * seq_len * hid;
         k_rmsnorm(o, xn, xi, w->attn_norm, nt, hid, m->cfg.rms_norm_eps);
+        if ((rc = input_hook(o, w, QD_LINEAR_Q, xn, nt, hid, err))) break;
         rc = qd_block_attention_ex(m, w, xn, ns, seq_len, y, NULL, o, err);
         if (rc) break;
         for (int64_t i = 0; i < nt * hid; i++) xo[i] = xi[i] + y[i]; /* h */
         k_rmsnorm(o, xn, xo, w->mlp_norm, nt, hid, m->cfg.rms_norm_eps);
+        if ((rc = input_hook(o, w, QD_LINEAR_GATE, xn, nt, hid, err))) break;
         rc = qd_block_mlp_ex(m, w, xn, nt, y, NULL, o, err);
         if (rc) break;
         for (int64_t i = 0; i < nt * hid; i++) xo[i] += y[i];

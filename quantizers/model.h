@@ -94,6 +94,15 @@ typedef struct qd_run_opts {
      * the head). Returning non-zero cancels the run with QD_ERR_CANCELLED. */
     int (*on_progress)(void *ctx, int layer, int n_layers);
     void *progress_ctx;
+    /* Optional: called with the input of each group of linears right before their GEMMs, on a
+     * buffer only those linears read; it may change x in place (activation fake-quantization
+     * when evaluating W8A8 / FP8). kind is the FIRST linear reading x: Q (the shared q/k/v
+     * input), O, GATE (the shared gate/up input), DOWN. x: [n_tok, n_in]; called once per
+     * token chunk. Leave it NULL for calibration, which must see float activations. A failure
+     * stops the run and is returned. */
+    qd_err (*on_linear_input)(void *ctx, int layer, qd_linear_kind kind, float *x,
+                              int64_t n_tok, int64_t n_in, qd_error *err);
+    void *linear_input_ctx;
     /* lm_head rows converted to fp32 per slice of the vocabulary; 0: as many as fit in
      * 64 MiB. (A memory/speed trade-off; results agree to rounding.) */
     int64_t head_slice_rows;

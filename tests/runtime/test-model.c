@@ -190,6 +190,55 @@ QD_TEST(weight_hook_replaces_weights) {
     qd_model_free(m);
 }
 
+/* The activation hook sees each group's input once per layer in module order; zeroing the
+ * o_proj and down_proj inputs must give the same logits as zeroing those weights (babyllama
+ * has no biases). */
+struct input_log {
+    int calls[QD_LINEAR_COUNT];
+    int order_ok;
+    int last;
+};
+
+static qd_err zero_o_down_inputs(void *ctx, int layer, qd_linear_kind kind, float *x,
+                                 int64_t n_tok, int64_t n_in, qd_error *err) {
+    struct input_log *h = ctx;
+    static const qd_linear_kind order[4] = {QD_LINEAR_Q, QD_LINEAR_O, QD_LINEAR_GATE,
+                                            QD_LINEAR_DOWN};
+    h->order_ok += kind == order[h->last % 4] && layer == h->last / 4;
+    h->last++;
+    h->calls[kind]++;
+    if (kind == QD_LINEAR_O || kind == QD_LINEAR_DOWN)
+        memset(x, 0, sizeof(float) * (size_t)(n_tok * n_in));
+    return QD_OK;
+}
+
+QD_TEST(activation_hook_sees_group_inputs) {
+    enum { LEN = 9, V = 105 };
+    qd_error err = {0};
+    qd_model *m = NULL;
+    QD_REQUIRE(qd_model_open(BABY, &m, &err) == QD_OK);
+    int32_t tok[LEN] = {1, 20, 33, 4, 50, 61, 7, 104, 0};
+    struct input_log log = {{0}, 0, 0};
+    struct hook_log wlog = {0, 0};
+    qd_run_opts a = {.on_linear_input = zero_o_down_inputs, .linear_input_ctx = &log};
+    qd_run_opts w = {.on_weights = zero_block_outputs, .hook_ctx = &wlog};
+    float *la = malloc(sizeof(float) * LEN * V), *lw = malloc(sizeof(float) * LEN * V);
+    QD_REQUIRE(la && lw);
+    QD_CHECK_OK(qd_model_logits(m, tok, 1, LEN, &a, la, &err), &err);
+    QD_CHECK_OK(qd_model_logits(m, tok, 1, LEN, &w, lw, &err), &err);
+    QD_CHECK_EQ_INT(log.calls[QD_LINEAR_Q], 5);
+    QD_CHECK_EQ_INT(log.calls[QD_LINEAR_O], 5);
+    QD_CHECK_EQ_INT(log.calls[QD_LINEAR_GATE], 5);
+    QD_CHECK_EQ_INT(log.calls[QD_LINEAR_DOWN], 5);
+    QD_CHECK_EQ_INT(log.order_ok, 20);
+    int same = 1;
+    for (int i = 0; i < LEN * V; i++) same &= la[i] == lw[i];
+    QD_CHECK_MSG(same, "zeroed inputs and zeroed weights give different logits");
+    free(la);
+    free(lw);
+    qd_model_free(m);
+}
+
 /* ---- errors ---- */
 
 static qd_err open_copy(const rt_copy_opts *o, char *dir, size_t len, qd_error *err) {
