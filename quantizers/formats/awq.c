@@ -44,7 +44,7 @@ static qd_err awq_layout(const qd_format_params *p, int n, int k, qd_error *err)
         return qd_error_set(err, QD_ERR_UNSUPPORTED, "awq: act-order without static groups "
                             "needs a g_idx tensor, which AutoAWQ GEMM lacks; use static groups "
                             "or gptq_v2");
-    if (p->act != QD_ACT_NONE)
+    if (p->act != QD_FORMAT_ACT_NONE)
         return qd_error_set(err, QD_ERR_UNSUPPORTED, "awq: weight-only format; activation "
                             "quantization needs compressed-tensors or modelopt");
     if (n > 0 && n % 8 != 0)

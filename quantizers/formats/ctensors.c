@@ -53,11 +53,11 @@ static const char *const CT_FORMAT_NAMES[] = {"pack-quantized", "int-quantized",
 /* Which compression format the spec maps to; QD_ERR_UNSUPPORTED when none. */
 static qd_err ct_kind_of(const qd_format_params *p, ct_kind *ret, qd_error *err) {
     if (p->type == QD_QTYPE_INT) {
-        if (p->act == QD_ACT_NONE) {
+        if (p->act == QD_FORMAT_ACT_NONE) {
             *ret = CT_PACK;
             return QD_OK;
         }
-        if (p->act == QD_ACT_INT8_TOKEN || p->act == QD_ACT_INT8_TENSOR) {
+        if (p->act == QD_FORMAT_ACT_INT8_TOKEN || p->act == QD_FORMAT_ACT_INT8_TENSOR) {
             *ret = CT_INT;
             return QD_OK;
         }
@@ -65,7 +65,7 @@ static qd_err ct_kind_of(const qd_format_params *p, ct_kind *ret, qd_error *err)
                             "activations have no compressed-tensors scheme vLLM reads; use "
                             "modelopt (W4A8_AWQ) or fp8 weights");
     }
-    if (p->act == QD_ACT_FP8_TOKEN || p->act == QD_ACT_FP8_TENSOR) {
+    if (p->act == QD_FORMAT_ACT_FP8_TOKEN || p->act == QD_FORMAT_ACT_FP8_TENSOR) {
         *ret = CT_FLOAT;
         return QD_OK;
     }
@@ -427,16 +427,16 @@ static qd_err ct_config(const qd_format_params *p, json_t **ret, qd_error *err) 
     json_t *weights = ct_args(p->bits, wtype, p->symmetric, strategy, p->group_size, false,
                               actorder);
     json_t *input = NULL;
-    if (p->act != QD_ACT_NONE) {
+    if (p->act != QD_FORMAT_ACT_NONE) {
         bool dyn = !fmt_act_static(p->act);
-        const char *atype = (p->act == QD_ACT_FP8_TOKEN || p->act == QD_ACT_FP8_TENSOR)
+        const char *atype = (p->act == QD_FORMAT_ACT_FP8_TOKEN || p->act == QD_FORMAT_ACT_FP8_TENSOR)
                                 ? "float" : "int";
         input = ct_args(8, atype, true, dyn ? "token" : "tensor", 0, dyn, NULL);
     }
 
     json_t *group = json_object(), *groups = json_object(), *o = json_object();
     json_t *targets = json_array();
-    bool ok = group && groups && o && targets && weights && (p->act == QD_ACT_NONE || input);
+    bool ok = group && groups && o && targets && weights && (p->act == QD_FORMAT_ACT_NONE || input);
     ok = ok && json_array_append_new(targets, json_string("Linear")) == 0;
     ok = ok && fmt_jset(group, "format", json_string(fmt));
     /* from here each pre-built value is handed over or, after a failure, released */

@@ -86,14 +86,14 @@
 /* ---- the spec a format is asked to hold ------------------------------------------------------ */
 
 /* How activations are quantized at inference (weights are described by qd_format_params). */
-typedef enum qd_act_quant {
-    QD_ACT_NONE = 0,     /* weight-only (W4A16, W8A16) */
-    QD_ACT_INT8_TOKEN,   /* int8, symmetric, per token, dynamic: no stored scale */
-    QD_ACT_INT8_TENSOR,  /* int8, symmetric, per tensor, static: qlinear.act_scale stored */
-    QD_ACT_FP8_TOKEN,    /* fp8 e4m3, per token, dynamic: no stored scale */
-    QD_ACT_FP8_TENSOR,   /* fp8 e4m3, per tensor, static: qlinear.act_scale stored */
-    QD_ACT_COUNT
-} qd_act_quant;
+typedef enum qd_format_act {
+    QD_FORMAT_ACT_NONE = 0,     /* weight-only (W4A16, W8A16) */
+    QD_FORMAT_ACT_INT8_TOKEN,   /* int8, symmetric, per token, dynamic: no stored scale */
+    QD_FORMAT_ACT_INT8_TENSOR,  /* int8, symmetric, per tensor, static: qlinear.act_scale stored */
+    QD_FORMAT_ACT_FP8_TOKEN,    /* fp8 e4m3, per token, dynamic: no stored scale */
+    QD_FORMAT_ACT_FP8_TENSOR,   /* fp8 e4m3, per tensor, static: qlinear.act_scale stored */
+    QD_FORMAT_ACT_COUNT
+} qd_format_act;
 
 #define QD_FORMAT_MAX_IGNORE 4096 /* modules listed as left unquantized */
 
@@ -105,7 +105,7 @@ typedef struct qd_format_params {
     bool act_order;         /* GPTQ desc_act: columns quantized by decreasing Hessian diagonal */
     bool static_groups;     /* with act_order: groups stay contiguous (g_idx[k] = k / G) */
     bool weight_per_tensor; /* fp8 weights: one scale for the whole tensor (else per row) */
-    qd_act_quant act;       /* activation quantization */
+    qd_format_act act;       /* activation quantization */
     qd_dtype dtype;         /* model dtype (F16, BF16, F32): bias, and the scales of the
                                formats whose scales follow the model (compressed-tensors,
                                ModelOpt's pre_quant_scale) */
@@ -124,7 +124,7 @@ static inline void qd_format_params_init(qd_format_params *p) {
     p->bits = 4;
     p->group_size = 128;
     p->symmetric = true;
-    p->act = QD_ACT_NONE;
+    p->act = QD_FORMAT_ACT_NONE;
     p->dtype = QD_DTYPE_F16;
     p->damp_percent = 0.01;
     p->true_sequential = true;

@@ -209,7 +209,7 @@ static inline qd_err fmt_check_params(const char *fmt, const qd_format_params *p
     if (p->type == QD_QTYPE_FP8_E4M3 && p->bits != 8)
         return qd_error_set(err, QD_ERR_INVALID_ARG, "%s: fp8 e4m3 weights have 8 bits (got %d)",
                             fmt, p->bits);
-    if ((int)p->act < 0 || p->act >= QD_ACT_COUNT)
+    if ((int)p->act < 0 || p->act >= QD_FORMAT_ACT_COUNT)
         return qd_error_set(err, QD_ERR_INVALID_ARG, "%s: unknown activation quantization %d",
                             fmt, (int)p->act);
     if (p->dtype != QD_DTYPE_F16 && p->dtype != QD_DTYPE_BF16 && p->dtype != QD_DTYPE_F32)
@@ -230,8 +230,8 @@ static inline qd_err fmt_check_params(const char *fmt, const qd_format_params *p
 }
 
 /* Activation quantization with a stored per-tensor scale. */
-static inline bool fmt_act_static(qd_act_quant a) {
-    return a == QD_ACT_INT8_TENSOR || a == QD_ACT_FP8_TENSOR;
+static inline bool fmt_act_static(qd_format_act a) {
+    return a == QD_FORMAT_ACT_INT8_TENSOR || a == QD_FORMAT_ACT_FP8_TENSOR;
 }
 
 /* What a format has tensors for, beyond codes/scales/zeros/bias (fmt_check_q flags). */

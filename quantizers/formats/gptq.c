@@ -55,7 +55,7 @@ static qd_err gptq_layout(const gptq_variant *v, const qd_format_params *p, int 
                             "zero - 1, so an asymmetric zero of 0 underflows; write "
                             "asymmetric GPTQ as gptq_v2 (checkpoint_format 'gptq_v2'), or use "
                             "awq or compressed-tensors", v->name);
-    if (p->act != QD_ACT_NONE)
+    if (p->act != QD_FORMAT_ACT_NONE)
         return qd_error_set(err, QD_ERR_UNSUPPORTED, "%s: weight-only format; activation "
                             "quantization needs compressed-tensors or modelopt", v->name);
     int pf = 32 / p->bits;

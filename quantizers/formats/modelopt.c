@@ -68,9 +68,9 @@ static qd_err mo_layout(const qd_format_params *p, int n, int k, mo_algo *ret_al
                             "needs g_idx, which ModelOpt checkpoints lack");
     mo_algo algo;
     if (p->bits == 4) {
-        if (p->act == QD_ACT_NONE)
+        if (p->act == QD_FORMAT_ACT_NONE)
             algo = MO_W4A16_AWQ;
-        else if (p->act == QD_ACT_FP8_TENSOR)
+        else if (p->act == QD_FORMAT_ACT_FP8_TENSOR)
             algo = MO_W4A8_AWQ;
         else
             return qd_error_set(err, QD_ERR_UNSUPPORTED, "modelopt: int4 weights go with no "
@@ -87,7 +87,7 @@ static qd_err mo_layout(const qd_format_params *p, int n, int k, mo_algo *ret_al
             return qd_error_set(err, QD_ERR_UNSUPPORTED, "modelopt: in_features %d is not a "
                                 "multiple of group_size %d", k, p->group_size);
     } else if (p->bits == 8) {
-        if (p->act != QD_ACT_INT8_TENSOR)
+        if (p->act != QD_FORMAT_ACT_INT8_TENSOR)
             return qd_error_set(err, QD_ERR_UNSUPPORTED, "modelopt: int8 weights are written as "
                                 "SmoothQuant W8A8 with static per-tensor int8 activations");
         if (p->group_size > 0)

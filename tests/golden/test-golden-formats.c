@@ -752,7 +752,7 @@ QD_TEST(ctensors_int_quantized_words) {
     qd_format_params_init(&p);
     p.bits = 8;
     p.group_size = -1;
-    p.act = QD_ACT_INT8_TENSOR;
+    p.act = QD_FORMAT_ACT_INT8_TENSOR;
     p.dtype = QD_DTYPE_BF16;
     qd_packed_list l = {0};
     if (pack(&qd_format_ctensors, &p, &q, "", &l)) {
@@ -768,7 +768,7 @@ QD_TEST(ctensors_int_quantized_words) {
     qd_packed_list_free(&l);
     /* dynamic per-token activations: no input_scale */
     q.act_scale = 0.0f;
-    p.act = QD_ACT_INT8_TOKEN;
+    p.act = QD_FORMAT_ACT_INT8_TOKEN;
     if (pack(&qd_format_ctensors, &p, &q, "", &l)) {
         QD_CHECK_EQ_INT(l.n, 2);
         QD_CHECK(qd_packed_list_find(&l, "input_scale") == NULL);
@@ -793,7 +793,7 @@ QD_TEST(ctensors_float_quantized_words) {
     p.bits = 8;
     p.group_size = 0;
     p.weight_per_tensor = true;
-    p.act = QD_ACT_FP8_TENSOR;
+    p.act = QD_FORMAT_ACT_FP8_TENSOR;
     qd_packed_list l = {0};
     if (pack(&qd_format_ctensors, &p, &q, "", &l)) {
         expect_data(&l, "weight", QD_DTYPE_F8_E4M3, 2, (int64_t[]){2, 4}, codes, 8);
@@ -807,7 +807,7 @@ QD_TEST(ctensors_float_quantized_words) {
     q.scales[1] = 0.5f;
     q.act_scale = 0.0f;
     p.weight_per_tensor = false;
-    p.act = QD_ACT_FP8_TOKEN;
+    p.act = QD_FORMAT_ACT_FP8_TOKEN;
     if (pack(&qd_format_ctensors, &p, &q, "", &l)) {
         static const uint16_t s[2] = {0x3400, 0x3800};
         expect_data(&l, "weight_scale", QD_DTYPE_F16, 2, (int64_t[]){2, 1}, s, 2);
@@ -856,7 +856,7 @@ QD_TEST(modelopt_w4_words) {
     /* W4A8: fp8 static activations add two 0-d fp32 scalars */
     q.act_scale = 0.125f;
     q.weight_scale_2 = 0.0625f;
-    p.act = QD_ACT_FP8_TENSOR;
+    p.act = QD_FORMAT_ACT_FP8_TENSOR;
     if (pack(&qd_format_modelopt, &p, &q, PFX, &l)) {
         expect_data(&l, PFX ".weight", QD_DTYPE_U8, 2, (int64_t[]){2, 16}, MO_W4_WEIGHT, 32);
         const qd_packed_tensor *a = expect_tensor(&l, PFX ".input_scale", QD_DTYPE_F32, 0, NULL);
@@ -898,7 +898,7 @@ QD_TEST(modelopt_smoothquant_words) {
     qd_format_params_init(&p);
     p.bits = 8;
     p.group_size = -1;
-    p.act = QD_ACT_INT8_TENSOR;
+    p.act = QD_FORMAT_ACT_INT8_TENSOR;
     qd_packed_list l = {0};
     if (pack(&qd_format_modelopt, &p, &q, "", &l)) {
         const char *names[] = {"weight", "weight_scale", "input_scale"};
@@ -1019,7 +1019,7 @@ QD_TEST(config_ctensors_w8a8) {
     qd_format_params_init(&p);
     p.bits = 8;
     p.group_size = -1;
-    p.act = QD_ACT_INT8_TOKEN;
+    p.act = QD_FORMAT_ACT_INT8_TOKEN;
     expect_config(&qd_format_ctensors, &p, 0,
         "{\"config_groups\": {\"group_0\": {\"format\": \"int-quantized\","
         "   \"input_activations\": {\"actorder\": null, \"block_structure\": null,"
@@ -1044,7 +1044,7 @@ QD_TEST(config_ctensors_fp8) {
     p.bits = 8;
     p.group_size = 0;
     p.weight_per_tensor = true;
-    p.act = QD_ACT_FP8_TENSOR;
+    p.act = QD_FORMAT_ACT_FP8_TENSOR;
     expect_config(&qd_format_ctensors, &p, 0,
         "{\"config_groups\": {\"group_0\": {\"format\": \"float-quantized\","
         "   \"input_activations\": {\"actorder\": null, \"block_structure\": null,"
@@ -1079,7 +1079,7 @@ QD_TEST(config_modelopt) {
                   "   \"kv_cache_quant_algo\": null, \"group_size\": 128,"
                   "   \"has_zero_point\": false, \"pre_quant_scale\": true,"
                   "   \"exclude_modules\": [\"lm_head\", \"model.layers.0.mlp.down_proj\"]}}");
-    p.act = QD_ACT_FP8_TENSOR;
+    p.act = QD_FORMAT_ACT_FP8_TENSOR;
     p.group_size = 64;
     expect_config(&qd_format_modelopt, &p, 1,
                   "{\"producer\": {\"name\": \"modelopt\", \"version\": \"0.40.0\"},"
@@ -1089,7 +1089,7 @@ QD_TEST(config_modelopt) {
                   "   \"exclude_modules\": [\"lm_head\", \"model.layers.0.mlp.down_proj\"]}}");
     p.bits = 8;
     p.group_size = -1;
-    p.act = QD_ACT_INT8_TENSOR;
+    p.act = QD_FORMAT_ACT_INT8_TENSOR;
     p.n_ignore = 0;
     expect_config(&qd_format_modelopt, &p, 1,
                   "{\"producer\": {\"name\": \"modelopt\", \"version\": \"0.40.0\"},"

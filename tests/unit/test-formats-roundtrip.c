@@ -113,7 +113,7 @@ static int rand_layer(qd_qlinear *q, const qd_format_params *p, int n, int k,
         for (int i = 0; i < k; i++)
             q->pre_scale[i] = round_to(o->extra_dt, rnd_float(0.5f, 2.0f));
     }
-    if (p->act == QD_ACT_INT8_TENSOR || p->act == QD_ACT_FP8_TENSOR)
+    if (p->act == QD_FORMAT_ACT_INT8_TENSOR || p->act == QD_FORMAT_ACT_FP8_TENSOR)
         q->act_scale = round_to(o->extra_dt, rnd_float(0.01f, 1.0f));
     if (o->ws2) q->weight_scale_2 = rnd_float(0.001f, 0.01f);
     return 1;
@@ -230,7 +230,7 @@ static int engine_dequant(const char *name, const qd_format_params *p, const qd_
         return 1;
     }
     if (!strcmp(name, "compressed-tensors") && p->type == QD_QTYPE_INT &&
-        p->act == QD_ACT_NONE) {
+        p->act == QD_FORMAT_ACT_NONE) {
         int wc = (k + pf - 1) / pf, ng = (k + g - 1) / g;
         const qd_packed_tensor *wp = get(l, "weight_packed"), *s = get(l, "weight_scale");
         const qd_packed_tensor *zp = p->symmetric ? NULL : get(l, "weight_zero_point");
@@ -419,12 +419,12 @@ QD_TEST(roundtrip_ctensors_w8a8) {
         p.bits = 8;
         p.group_size = -1;
         p.dtype = QD_DTYPE_BF16;
-        p.act = dyn ? QD_ACT_INT8_TOKEN : QD_ACT_INT8_TENSOR;
+        p.act = dyn ? QD_FORMAT_ACT_INT8_TOKEN : QD_FORMAT_ACT_INT8_TENSOR;
         layer_opts o = {QD_DTYPE_BF16, QD_DTYPE_BF16, 0, true, false, false};
         roundtrip(&qd_format_ctensors, &p, N_, K_, &o);
         /* fp8 weights + fp8 activations, per tensor and per channel */
         p.type = QD_QTYPE_FP8_E4M3;
-        p.act = dyn ? QD_ACT_FP8_TOKEN : QD_ACT_FP8_TENSOR;
+        p.act = dyn ? QD_FORMAT_ACT_FP8_TOKEN : QD_FORMAT_ACT_FP8_TENSOR;
         for (int pt = 0; pt < 2; pt++) {
             p.weight_per_tensor = pt;
             roundtrip(&qd_format_ctensors, &p, N_, K_, &o);
@@ -439,7 +439,7 @@ QD_TEST(roundtrip_modelopt) {
                 qd_format_params p;
                 qd_format_params_init(&p);
                 p.group_size = gi ? 128 : 64;
-                p.act = a8 ? QD_ACT_FP8_TENSOR : QD_ACT_NONE;
+                p.act = a8 ? QD_FORMAT_ACT_FP8_TENSOR : QD_FORMAT_ACT_NONE;
                 p.dtype = pre ? QD_DTYPE_BF16 : QD_DTYPE_F16;
                 layer_opts o = {QD_DTYPE_F32, p.dtype, 0, pre == 1, pre == 1, a8 == 1};
                 roundtrip(&qd_format_modelopt, &p, N_, K_, &o);
@@ -448,7 +448,7 @@ QD_TEST(roundtrip_modelopt) {
     qd_format_params_init(&p);
     p.bits = 8;
     p.group_size = -1;
-    p.act = QD_ACT_INT8_TENSOR;
+    p.act = QD_FORMAT_ACT_INT8_TENSOR;
     layer_opts o = {QD_DTYPE_F32, QD_DTYPE_F16, 0, true, true, false};
     roundtrip(&qd_format_modelopt, &p, N_, K_, &o);
 }
@@ -510,7 +510,7 @@ QD_TEST(check_refusals) {
     p.bits = 4;
     expect_refusal(&qd_format_gptq_v2, &p, 20, 256, QD_ERR_UNSUPPORTED, "out_features 20");
     expect_refusal(&qd_format_gptq_v2, &p, 16, 20, QD_ERR_UNSUPPORTED, "in_features 20");
-    p.act = QD_ACT_INT8_TOKEN;
+    p.act = QD_FORMAT_ACT_INT8_TOKEN;
     expect_refusal(&qd_format_gptq_v2, &p, 0, 0, QD_ERR_UNSUPPORTED, "weight-only");
 
     /* compressed-tensors */
@@ -518,19 +518,19 @@ QD_TEST(check_refusals) {
     p.bits = 2;
     expect_refusal(&qd_format_ctensors, &p, 0, 0, QD_ERR_UNSUPPORTED, "4 or 8 bits");
     p.bits = 8;
-    p.act = QD_ACT_INT8_TOKEN;
+    p.act = QD_FORMAT_ACT_INT8_TOKEN;
     expect_refusal(&qd_format_ctensors, &p, 0, 0, QD_ERR_UNSUPPORTED, "per output channel");
     p.group_size = -1;
     p.symmetric = false;
     expect_refusal(&qd_format_ctensors, &p, 0, 0, QD_ERR_UNSUPPORTED, "symmetric");
     p.symmetric = true;
-    p.act = QD_ACT_FP8_TENSOR;
+    p.act = QD_FORMAT_ACT_FP8_TENSOR;
     expect_refusal(&qd_format_ctensors, &p, 0, 0, QD_ERR_UNSUPPORTED, "fp8 activations");
     p.type = QD_QTYPE_FP8_E4M3;
     p.symmetric = false;
     expect_refusal(&qd_format_ctensors, &p, 0, 0, QD_ERR_UNSUPPORTED, "fp8 weights are symmetric");
     p.symmetric = true;
-    p.act = QD_ACT_NONE;
+    p.act = QD_FORMAT_ACT_NONE;
     expect_refusal(&qd_format_ctensors, &p, 0, 0, QD_ERR_UNSUPPORTED, "weight-only");
     qd_format_params_init(&p);
     p.symmetric = false;
@@ -544,9 +544,9 @@ QD_TEST(check_refusals) {
     p.symmetric = false;
     expect_refusal(&qd_format_modelopt, &p, 0, 0, QD_ERR_UNSUPPORTED, "symmetric");
     p.symmetric = true;
-    p.act = QD_ACT_INT8_TOKEN;
+    p.act = QD_FORMAT_ACT_INT8_TOKEN;
     expect_refusal(&qd_format_modelopt, &p, 0, 0, QD_ERR_UNSUPPORTED, "W4A8_AWQ");
-    p.act = QD_ACT_NONE;
+    p.act = QD_FORMAT_ACT_NONE;
     expect_refusal(&qd_format_modelopt, &p, 15, 256, QD_ERR_UNSUPPORTED, "odd");
     p.group_size = -1;
     expect_refusal(&qd_format_modelopt, &p, 0, 0, QD_ERR_UNSUPPORTED, "block");
@@ -643,19 +643,19 @@ QD_TEST(pack_refusals) {
     qd_format_params_init(&p);
     p.bits = 8;
     p.group_size = -1;
-    p.act = QD_ACT_INT8_TENSOR;
+    p.act = QD_FORMAT_ACT_INT8_TENSOR;
     QD_REQUIRE(rand_layer(&q, &p, 8, 32, &o));
     q.act_scale = 0.0f;
     expect_pack_refusal(&qd_format_ctensors, &p, &q, QD_ERR_INVALID_ARG, "act_scale");
     expect_pack_refusal(&qd_format_modelopt, &p, &q, QD_ERR_INVALID_ARG, "act_scale");
-    p.act = QD_ACT_INT8_TOKEN;
+    p.act = QD_FORMAT_ACT_INT8_TOKEN;
     q.act_scale = 0.5f;
     expect_pack_refusal(&qd_format_ctensors, &p, &q, QD_ERR_INVALID_ARG, "act_scale");
     qd_qlinear_free(&q);
 
     /* W4A8 needs weight_scale_2 */
     qd_format_params_init(&p);
-    p.act = QD_ACT_FP8_TENSOR;
+    p.act = QD_FORMAT_ACT_FP8_TENSOR;
     QD_REQUIRE(rand_layer(&q, &p, 8, 256, &o));
     expect_pack_refusal(&qd_format_modelopt, &p, &q, QD_ERR_INVALID_ARG, "weight_scale_2");
     qd_qlinear_free(&q);
@@ -826,7 +826,7 @@ QD_TEST(roundtrip_through_safetensors_misaligned) {
     pg.symmetric = false;
     pg.act_order = true;
     qd_format_params_init(&pm);
-    pm.act = QD_ACT_FP8_TENSOR;
+    pm.act = QD_FORMAT_ACT_FP8_TENSOR;
     layer_opts og = {QD_DTYPE_F16, QD_DTYPE_F16, 0, true, false, false};
     layer_opts om = {QD_DTYPE_F32, QD_DTYPE_F16, 0, true, true, true};
     qd_qlinear qg, qm, u;
