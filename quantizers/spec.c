@@ -719,6 +719,11 @@ static qd_err check_bits(const qd_spec *s, qd_error *err) {
     uint32_t b = s->bits;
     qd_spec_method m = s->method;
     if (b == 0) return not_set(err, F);
+    /* An in-memory report (format none) writes no layout, so any integer width 2..8 of the
+     * integer methods can be measured (w3 is where AWQ and GPTQ show most against RTN). */
+    if (s->format == QD_SPEC_FORMAT_NONE && b >= 2 && b <= 8 &&
+        (m == QD_SPEC_METHOD_RTN || m == QD_SPEC_METHOD_AWQ || m == QD_SPEC_METHOD_GPTQ))
+        return QD_OK;
     if (b < 32 && ((method_bits(m) >> b) & 1u)) {
         /* Formats that narrow the method's bits. */
         if (s->format == QD_SPEC_FORMAT_AWQ && b != 4)

@@ -485,9 +485,25 @@ QD_TEST(bits_errors) {
                       "--method", "gptq", "--format", "gptq", "--bits", "3", "--calib-digest",
                       DIG);
     EXPECT_FLAGS_FAIL(QD_ERR_UNSUPPORTED, "--bits 2:", "4 or 8 bits", NULL, "--method", "gptq",
-                      "--format", "none", "--bits", "2", "--calib-digest", DIG);
+                      "--format", "gptq", "--bits", "2", "--calib-digest", DIG);
     EXPECT_FLAGS_FAIL(QD_ERR_UNSUPPORTED, "--bits 5: method rtn quantizes weights to 4 or 8",
-                      NULL, NULL, "--method", "rtn", "--format", "none", "--bits", "5");
+                      NULL, NULL, "--method", "rtn", "--format", "compressed-tensors", "--bits",
+                      "5");
+    EXPECT_FLAGS_FAIL(QD_ERR_UNSUPPORTED, "--bits 3:", "4 or 8 bits", NULL, "--method",
+                      "awq", "--format", "awq", "--bits", "3", "--calib-digest", DIG);
+    /* an in-memory report (format none) measures any width 2..8 of the integer methods */
+    qd_spec none = {0};
+    resolve_flags_ok(ARGV("--method", "awq", "--format", "none", "--bits", "3", "--calib-digest",
+                          DIG),
+                     &none);
+    QD_CHECK_EQ_INT(none.bits, 3);
+    qd_spec_free(&none);
+    resolve_flags_ok(ARGV("--method", "gptq", "--format", "none", "--bits", "2",
+                          "--calib-digest", DIG),
+                     &none);
+    qd_spec_free(&none);
+    EXPECT_FLAGS_FAIL(QD_ERR_UNSUPPORTED, "--bits 3:", NULL, NULL, "--method", "smoothquant",
+                      "--format", "none", "--bits", "3", "--calib-digest", DIG);
     EXPECT_FLAGS_FAIL(QD_ERR_INVALID_ARG, "--bits 64:", NULL, NULL, "--method", "rtn",
                       "--format", "none", "--bits", "64");
     EXPECT_FLAGS_FAIL(QD_ERR_UNSUPPORTED, "--bits 4: smoothquant is W8A8", NULL, NULL,
