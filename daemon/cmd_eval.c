@@ -7,6 +7,12 @@
  * all rows). Rows are run through the model in batches (every decoder layer over the whole
  * batch, one layer's weights in fp32 at a time; see quantizers/model.h); a progress line per
  * batch goes to stderr, and the last line on stdout is `perplexity: <value>`.
+ *
+ * MODEL_DIR is a float model or a quantized artifact (quantizers/artifact.h): an artifact's
+ * format is recognised from its config.json and announced on stderr ("format: gptq (gptq,
+ * 4-bit, group 128)"); its linears are dequantized layer by layer from the packed tensors, and
+ * the activation quantization its format implies (W8A8, FP8, W4A8) is applied to each
+ * linear's input, so the perplexity is the one the quantized model has in an engine.
  */
 #include <errno.h>
 #include <limits.h>
@@ -16,6 +22,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "artifact.h"
 #include "commands.h"
 #include "model.h"
 #include "ops.h"
@@ -30,7 +37,8 @@ static void eval_usage(FILE *out) {
             "usage: quantd eval MODEL_DIR --data FILE [--rows N] [--batch B] [--threads T]\n"
             "                   [--ref]\n"
             "\n"
-            "Perplexity of the model in MODEL_DIR (config.json + safetensors, F32/F16/BF16)\n"
+            "Perplexity of the model in MODEL_DIR (config.json + safetensors, F32/F16/BF16,\n"
+            "or a quantized artifact: awq, gptq, compressed-tensors, modelopt, dashinfer)\n"
             "on the token set FILE: a safetensors file with `input_ids`, int32 or int64\n"
             "[rows, seq_len]. Positions 0..L-2 of each row predict tokens 1..L-1;\n"
             "perplexity = exp(mean negative log-likelihood over all of them).\n"
@@ -163,14 +171,26 @@ int qd_cmd_eval(int argc, char **argv) {
     qd_cpu_set_threads(threads);
 
     qd_error err = {0};
-    qd_model *m = NULL;
+    qd_artifact *art = NULL;
+    const qd_model *m = NULL;
     int32_t *tokens = NULL;
     double *nll = NULL;
     int64_t rows = 0, seq_len = 0;
     int status = 1;
     double t_start = now_s();
 
-    if (qd_model_open(model_dir, &m, &err)) goto fail;
+    if (qd_artifact_open(model_dir, &art, &err)) goto fail;
+    m = qd_artifact_model(art);
+    const qd_artifact_info *info = qd_artifact_get_info(art);
+    if (info->format) {
+        char desc[160];
+        fprintf(stderr, "format: %s\n", qd_artifact_describe(info, desc, sizeof desc));
+        if (info->params.type == QD_QTYPE_FP8_E4M3)
+            fprintf(stderr, "weights: fp8 e4m3, scale per %s\n",
+                    info->params.weight_per_tensor ? "tensor" : "output channel");
+        if (info->params.act != QD_FORMAT_ACT_NONE)
+            fprintf(stderr, "activations: %s\n", qd_artifact_act_name(info->params.act));
+    }
     if (load_tokens(data, &tokens, &rows, &seq_len, &err)) goto fail;
     if (seq_len < 2) {
         qd_error_set(&err, QD_ERR_INVALID_ARG,
@@ -196,6 +216,7 @@ int qd_cmd_eval(int argc, char **argv) {
             qd_cpu_threads(), use_ref ? ", reference kernels" : "");
 
     qd_run_opts opts = {.use_ref = use_ref};
+    qd_artifact_run_opts(art, &opts);
     double total = 0.0;
     for (int64_t r0 = 0; r0 < rows; r0 += batch) {
         int64_t nr = rows - r0 < batch ? rows - r0 : batch;
@@ -219,6 +240,6 @@ fail:
 done:
     free(nll);
     free(tokens);
-    qd_model_free(m);
+    qd_artifact_free(art);
     return status;
 }

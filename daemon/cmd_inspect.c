@@ -5,12 +5,22 @@
  * the tensors, and the count the config implies), the files, and a table of every tensor
  * (name, dtype, shape). For a single .safetensors file: its metadata and tensor table.
  * Every input is validated by the readers; an error names the file and the problem.
+ *
+ * A quantized artifact (quantizers/artifact.h) also gets its format as quantd recognises it
+ * ("format: awq (awq, 4-bit, group 128)", the activation scheme), config.json's
+ * quantization_config and the format's side config (pretty JSON); its tensor table holds the
+ * packed tensors (I32 words, U8/I8 codes, F16 scales, ...) in place of the linears' float
+ * weights, so their element count is reported as such, not compared with the parameter count
+ * the config implies. A quantization_config quantd does not read is reported and the rest is
+ * printed as for any model.
  */
 #include <inttypes.h>
+#include <stdbool.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
+#include "artifact.h"
 #include "commands.h"
 #include "fsutil.h"
 #include "hf_config.h"
@@ -23,7 +33,8 @@ static void inspect_usage(FILE *out) {
             "PATH is a model directory (config.json + model.safetensors, or\n"
             "model.safetensors.index.json + shards) or a single .safetensors file.\n"
             "Prints the architecture, the parameter count and a table of the tensors\n"
-            "(name, dtype, shape). Exit status: 0 ok, 1 the input is invalid, 2 usage.\n");
+            "(name, dtype, shape); for a quantized model also its format and quantization\n"
+            "config. Exit status: 0 ok, 1 the input is invalid, 2 usage.\n");
 }
 
 /* "1,234,567" */
@@ -120,6 +131,47 @@ static int inspect_file(const char *path) {
     return 0;
 }
 
+/* JSON pretty-printed with every line indented by two spaces. */
+static void print_json_indented(const json_t *j) {
+    char *text = json_dumps(j, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+    if (!text) {
+        printf("  (out of memory)\n");
+        return;
+    }
+    fputs("  ", stdout);
+    for (const char *p = text; *p; p++) {
+        putchar(*p);
+        if (*p == '\n') fputs("  ", stdout);
+    }
+    putchar('\n');
+    free(text);
+}
+
+static void print_format(const qd_artifact_info *info) {
+    char desc[160];
+    const qd_format_params *p = &info->params;
+    printf("format: %s\n", qd_artifact_describe(info, desc, sizeof desc));
+    if (p->type == QD_QTYPE_FP8_E4M3)
+        printf("  weights fp8 e4m3, scale per %s\n",
+               p->weight_per_tensor ? "tensor" : "output channel");
+    else
+        printf("  weights int%d, %s%s\n", p->bits, p->symmetric ? "symmetric" : "zero points",
+               p->act_order ? (p->static_groups ? ", act-order (static groups)" : ", act-order")
+                            : "");
+    printf("  activations %s\n", qd_artifact_act_name(p->act));
+    if (p->n_ignore) {
+        printf("  not quantized:");
+        for (int i = 0; i < p->n_ignore; i++) printf(" %s", p->ignore[i]);
+        printf("\n");
+    }
+    printf("quantization_config:\n");
+    print_json_indented(info->quantization_config);
+    if (info->side_config && info->format->side_config_name) {
+        printf("%s:\n", info->format->side_config_name);
+        print_json_indented(info->side_config);
+    }
+}
+
 static int inspect_model(const char *dir) {
     qd_error err = {0};
     qd_llama_config cfg;
@@ -149,6 +201,20 @@ static int inspect_model(const char *dir) {
     printf("  tie_word_embeddings %s, torch_dtype %s\n", cfg.tie_word_embeddings ? "true" : "false",
            qd_dtype_torch_name(cfg.torch_dtype) ? qd_dtype_torch_name(cfg.torch_dtype) : "?");
 
+    /* the format, when config.json has a quantization_config */
+    qd_artifact_info info;
+    memset(&info, 0, sizeof info);
+    bool quantized = false;
+    qd_error ferr = {0};
+    if (qd_artifact_detect(dir, &info, &ferr) != QD_OK) {
+        quantized = true;
+        printf("format: not one quantd reads: %s\n", qd_error_text(&ferr));
+    } else if (info.format) {
+        quantized = true;
+        print_format(&info);
+    }
+    qd_artifact_info_done(&info);
+
     size_t n = qd_st_model_count(m);
     size_t shards = qd_st_model_shard_count(m);
     printf("files: %zu safetensors shard%s\n", shards, shards == 1 ? "" : "s");
@@ -166,9 +232,14 @@ static int inspect_model(const char *dir) {
     print_tensor_table(entries, n, &tot);
 
     long long expect = qd_llama_config_param_count(&cfg);
-    printf("\nparameters: %s", group_digits(tot.params, a, sizeof a));
-    if (expect != tot.params)
-        printf(" (config.json implies %s)", group_digits(expect, b, sizeof b));
+    if (quantized) {
+        printf("\nelements: %s (packed; the float model has %s parameters)",
+               group_digits(tot.params, a, sizeof a), group_digits(expect, b, sizeof b));
+    } else {
+        printf("\nparameters: %s", group_digits(tot.params, a, sizeof a));
+        if (expect != tot.params)
+            printf(" (config.json implies %s)", group_digits(expect, b, sizeof b));
+    }
     printf("\ntensors: %zu, data: %s\n", n, human_bytes(tot.bytes, b, sizeof b));
     print_dtype_summary(&tot);
     free(entries);

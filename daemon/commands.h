@@ -13,5 +13,6 @@ int qd_cmd_convert(int argc, char **argv);
 int qd_cmd_config(int argc, char **argv);
 int qd_cmd_eval(int argc, char **argv);
 int qd_cmd_tokenize(int argc, char **argv);
+int qd_cmd_quantize(int argc, char **argv);
 
 #endif /* QD_COMMANDS_H */

@@ -3,6 +3,7 @@
  *
  *   quantd inspect DIR|FILE       model architecture, parameters, tensor table
  *   quantd convert DIR -o OUT     rewrite a model's weights as f32/f16/bf16, optionally sharded
+ *   quantd quantize DIR ...       quantize in process: quality report, artifact
  *   quantd eval DIR --data FILE   perplexity of a model on a token set
  *   quantd tokenize DIR ...       text -> input_ids safetensors
  *   quantd config check|dump      validate or print the daemon configuration
@@ -23,6 +24,7 @@ static const struct {
 } commands[] = {
     {"inspect", qd_cmd_inspect, "show a model's or artifact's architecture and tensors"},
     {"convert", qd_cmd_convert, "rewrite a model's weights in another dtype or shard count"},
+    {"quantize", qd_cmd_quantize, "quantize a model in process, report its quality, write it"},
     {"eval", qd_cmd_eval, "measure perplexity on a token set"},
     {"tokenize", qd_cmd_tokenize, "encode a text file into an input_ids token set"},
     {"config", qd_cmd_config, "check or print the daemon configuration"},

@@ -497,6 +497,12 @@ static qd_err apply_result(void *ctx, qd_layer_weights *w, qd_error *err) {
                 return qd_error_set(err, QD_ERR_INTERNAL, "layer %d %s: result shape differs",
                                     l, qd_linear_name((qd_linear_kind)k));
             qd_qlinear_dequant(q, w->w[k]);
+            /* an unfolded smoothing factor multiplies the activations: y = (x * pre) W'^T,
+             * i.e. the float weight W'[:, c] * pre[c] */
+            if (q->pre_scale)
+                for (int64_t row = 0; row < w->n_out[k]; row++)
+                    for (int64_t c = 0; c < w->n_in[k]; c++)
+                        w->w[k][row * w->n_in[k] + c] *= q->pre_scale[c];
             if (q->bias && w->b[k])
                 memcpy(w->b[k], q->bias, (size_t)w->n_out[k] * sizeof(float));
         } else if (keep) {
@@ -510,11 +516,39 @@ static qd_err apply_result(void *ctx, qd_layer_weights *w, qd_error *err) {
     return QD_OK;
 }
 
-static qd_err token_act_quant(void *ctx, int layer, qd_linear_kind kind, float *x, int64_t n_tok,
-                              int64_t n_in, qd_error *err) {
+/* Whether every linear reading the input of kind's group is kept in float (the engine then
+ * runs that group on float activations). */
+static bool group_kept(const qd_job_result *r, int layer, qd_linear_kind kind) {
+    static const qd_calib_group group_of[QD_LINEAR_COUNT] = {
+        QD_CALIB_QKV, QD_CALIB_QKV, QD_CALIB_QKV, QD_CALIB_O,
+        QD_CALIB_GATE_UP, QD_CALIB_GATE_UP, QD_CALIB_DOWN};
+    qd_linear_kind kinds[3];
+    int n = qd_calib_group_linears(group_of[kind], kinds);
+    for (int i = 0; i < n; i++)
+        if (r->q[LIN(r, layer, kinds[i])].codes) return false;
+    return true;
+}
+
+/* Activation fake-quantization of a group's input as the engine applies it: to x * pre_scale
+ * when the linear carries an unfolded smoothing factor (the weights were given pre folded in
+ * by apply_result, so the result is divided back), to x otherwise. */
+static qd_err act_quant(void *ctx, int layer, qd_linear_kind kind, float *x, int64_t n_tok,
+                        int64_t n_in, qd_error *err) {
     const qd_job_result *r = ctx;
-    qd_act_fake_quant(r->act_mode, 0.0f, x, n_tok, n_in);
-    return QD_OK;
+    if (group_kept(r, layer, kind)) return QD_OK;
+    const float *pre = r->q[LIN(r, layer, kind)].pre_scale;
+    if (pre)
+        for (int64_t t = 0; t < n_tok; t++)
+            for (int64_t c = 0; c < n_in; c++) x[t * n_in + c] *= pre[c];
+    qd_err rc = QD_OK;
+    if (r->act_mode == QD_ACT_QUANT_INT8_TENSOR || r->act_mode == QD_ACT_QUANT_FP8_TENSOR)
+        rc = qd_act_fq_apply((void *)&r->act, layer, kind, x, n_tok, n_in, err);
+    else
+        qd_act_fake_quant(r->act_mode, 0.0f, x, n_tok, n_in);
+    if (pre)
+        for (int64_t t = 0; t < n_tok; t++)
+            for (int64_t c = 0; c < n_in; c++) x[t * n_in + c] /= pre[c];
+    return rc;
 }
 
 qd_err qd_job_perplexity(const qd_model *m, const qd_job_result *r, const int32_t *tokens,
@@ -527,11 +561,8 @@ qd_err qd_job_perplexity(const qd_model *m, const qd_job_result *r, const int32_
     if (r) {
         o.on_weights = apply_result;
         o.hook_ctx = (void *)r;
-        if (r->act_mode == QD_ACT_QUANT_INT8_TENSOR || r->act_mode == QD_ACT_QUANT_FP8_TENSOR) {
-            o.on_linear_input = qd_act_fq_apply;
-            o.linear_input_ctx = (void *)&r->act;
-        } else if (r->act_mode != QD_ACT_QUANT_NONE) {
-            o.on_linear_input = token_act_quant;
+        if (r->act_mode != QD_ACT_QUANT_NONE) {
+            o.on_linear_input = act_quant;
             o.linear_input_ctx = (void *)r;
         }
     }

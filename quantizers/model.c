@@ -116,18 +116,28 @@ static qd_err check_config(const qd_model *m, qd_error *err) {
     return QD_OK;
 }
 
-static qd_err resolve_layer(qd_model *m, int l, qd_error *err) {
-    const qd_llama_config *c = &m->cfg;
-    struct qd_model_layer *L = &m->layers[l];
+/* [n_out, n_in] of linear k as config.json implies it. */
+static void linear_shape(const qd_llama_config *c, qd_linear_kind k, int64_t ret[2]) {
     int64_t hid = c->hidden_size, inter = c->intermediate_size;
     int64_t qdim = (int64_t)c->num_attention_heads * c->head_dim;
     int64_t kvdim = (int64_t)c->num_key_value_heads * c->head_dim;
-    int64_t shape[QD_LINEAR_COUNT][2] = {
-        [QD_LINEAR_Q] = {qdim, hid},     [QD_LINEAR_K] = {kvdim, hid},
-        [QD_LINEAR_V] = {kvdim, hid},    [QD_LINEAR_O] = {hid, qdim},
-        [QD_LINEAR_GATE] = {inter, hid}, [QD_LINEAR_UP] = {inter, hid},
-        [QD_LINEAR_DOWN] = {hid, inter},
-    };
+    switch (k) {
+    case QD_LINEAR_Q: ret[0] = qdim, ret[1] = hid; break;
+    case QD_LINEAR_K:
+    case QD_LINEAR_V: ret[0] = kvdim, ret[1] = hid; break;
+    case QD_LINEAR_O: ret[0] = hid, ret[1] = qdim; break;
+    case QD_LINEAR_GATE:
+    case QD_LINEAR_UP: ret[0] = inter, ret[1] = hid; break;
+    default: ret[0] = hid, ret[1] = inter; break;
+    }
+}
+
+static qd_err resolve_layer(qd_model *m, int l, qd_error *err) {
+    const qd_llama_config *c = &m->cfg;
+    struct qd_model_layer *L = &m->layers[l];
+    int64_t hid = c->hidden_size;
+    int64_t shape[QD_LINEAR_COUNT][2];
+    for (int k = 0; k < QD_LINEAR_COUNT; k++) linear_shape(c, (qd_linear_kind)k, shape[k]);
     char name[160], path[128];
     qd_err rc;
 
@@ -138,7 +148,10 @@ static qd_err resolve_layer(qd_model *m, int l, qd_error *err) {
     for (int k = 0; k < QD_LINEAR_COUNT; k++) {
         if ((rc = qd_linear_path(path, sizeof path, l, (qd_linear_kind)k, err))) return rc;
         snprintf(name, sizeof name, "%s.weight", path);
-        if ((rc = find_tensor(m, name, 2, shape[k], false, &L->w[k], err))) return rc;
+        L->w[k] = NULL;
+        if (!(m->flags & QD_MODEL_OPEN_EXTERNAL_LINEARS) &&
+            (rc = find_tensor(m, name, 2, shape[k], false, &L->w[k], err)))
+            return rc;
         /* Which linears carry a bias is the config's call (Llama attention_bias: q/k/v/o,
          * Qwen2: q/k/v, Llama mlp_bias: gate/up/down); a bias tensor the config does not
          * announce is ignored, as transformers ignores it. */
@@ -159,9 +172,17 @@ static qd_err resolve_layer(qd_model *m, int l, qd_error *err) {
 }
 
 qd_err qd_model_open(const char *dir, qd_model **ret_model, qd_error *err) {
+    return qd_model_open_ex(dir, 0, ret_model, err);
+}
+
+qd_err qd_model_open_ex(const char *dir, unsigned flags, qd_model **ret_model, qd_error *err) {
     qd_err rc;
+    if (flags & ~(unsigned)QD_MODEL_OPEN_EXTERNAL_LINEARS)
+        return qd_error_set(err, QD_ERR_INVALID_ARG, "model %s: unknown open flags 0x%x", dir,
+                            flags);
     qd_model *m = calloc(1, sizeof *m);
     if (!m) return qd_error_set(err, QD_ERR_NOMEM, "model %s: out of memory", dir);
+    m->flags = flags;
     m->dir = strdup(dir);
     if (!m->dir) {
         rc = qd_error_set(err, QD_ERR_NOMEM, "model %s: out of memory", dir);
@@ -319,9 +340,21 @@ qd_err qd_layer_weights_load(const qd_model *m, int layer, qd_layer_weights *ret
     if ((rc = load_f32(L->attn_norm, &w.attn_norm, err))) goto fail;
     if ((rc = load_f32(L->mlp_norm, &w.mlp_norm, err))) goto fail;
     for (int k = 0; k < QD_LINEAR_COUNT; k++) {
-        w.n_out[k] = L->w[k]->shape[0];
-        w.n_in[k] = L->w[k]->shape[1];
-        if ((rc = load_f32(L->w[k], &w.w[k], err))) goto fail;
+        int64_t shape[2];
+        linear_shape(&m->cfg, (qd_linear_kind)k, shape);
+        w.n_out[k] = shape[0];
+        w.n_in[k] = shape[1];
+        if (!L->w[k]) { /* QD_MODEL_OPEN_EXTERNAL_LINEARS: the on_weights hook fills it */
+            w.w[k] = calloc((size_t)(shape[0] * shape[1]), sizeof *w.w[k]);
+            if (!w.w[k]) {
+                rc = qd_error_set(err, QD_ERR_NOMEM, "layer %d %s: no memory for [%lld, %lld]",
+                                  layer, qd_linear_name((qd_linear_kind)k),
+                                  (long long)shape[0], (long long)shape[1]);
+                goto fail;
+            }
+        } else if ((rc = load_f32(L->w[k], &w.w[k], err))) {
+            goto fail;
+        }
         if (L->b[k] && (rc = load_f32(L->b[k], &w.b[k], err))) goto fail;
     }
     *ret = w;

@@ -118,6 +118,19 @@ typedef struct qd_run_opts {
  * are required where the config says attention_bias / mlp_bias, and optional q/k/v biases are
  * picked up when present (Qwen2-style checkpoints). The caller frees with qd_model_free(). */
 qd_err qd_model_open(const char *dir, qd_model **ret_model, qd_error *err);
+
+/* Flags of qd_model_open_ex(). */
+enum {
+    /* The seven decoder linears' .weight tensors live elsewhere (a quantized artifact keeps
+     * them packed): they are neither looked up nor checked, qd_layer_weights_load() hands out
+     * zero-filled fp32 arrays of the shapes config.json implies, and the caller MUST fill
+     * them from a qd_run_opts.on_weights hook. Everything else (embeddings, norms, lm_head,
+     * the biases the config announces) is checked as by qd_model_open(). */
+    QD_MODEL_OPEN_EXTERNAL_LINEARS = 1u << 0,
+};
+
+/* qd_model_open() with flags (QD_MODEL_OPEN_*; unknown bits are QD_ERR_INVALID_ARG). */
+qd_err qd_model_open_ex(const char *dir, unsigned flags, qd_model **ret_model, qd_error *err);
 void qd_model_free(qd_model *m); /* accepts NULL */
 
 const qd_llama_config *qd_model_config(const qd_model *m);

@@ -10,12 +10,13 @@
 /* The checked safetensors entries of one decoder layer (borrowed from the open shards). */
 struct qd_model_layer {
     const qd_st_entry *attn_norm, *mlp_norm;
-    const qd_st_entry *w[QD_LINEAR_COUNT];
+    const qd_st_entry *w[QD_LINEAR_COUNT]; /* NULL with QD_MODEL_OPEN_EXTERNAL_LINEARS */
     const qd_st_entry *b[QD_LINEAR_COUNT]; /* NULL: no bias */
 };
 
 struct qd_model {
     char *dir;
+    unsigned flags;                /* QD_MODEL_OPEN_* */
     qd_llama_config cfg;
     qd_st_model *st;
     const qd_st_entry *embed;      /* [vocab, hidden] */

@@ -477,7 +477,9 @@ static unsigned format_methods(qd_spec_format f) {
     case QD_SPEC_FORMAT_DASHINFER: return M_(RTN) | M_(AWQ) | M_(GPTQ);
     case QD_SPEC_FORMAT_COMPRESSED_TENSORS:
         return M_(RTN) | M_(AWQ) | M_(GPTQ) | M_(SMOOTHQUANT) | M_(FP8);
-    case QD_SPEC_FORMAT_MODELOPT: return M_(AWQ) | M_(SMOOTHQUANT) | M_(FP8) | M_(W4A8_AWQ);
+    /* quantd's ModelOpt packer writes W4A16_AWQ, W4A8_AWQ and INT8 SmoothQuant; FP8 weights
+     * go to compressed-tensors (float-quantized), which vLLM and TensorRT-LLM both read. */
+    case QD_SPEC_FORMAT_MODELOPT: return M_(AWQ) | M_(SMOOTHQUANT) | M_(W4A8_AWQ);
     case QD_SPEC_FORMAT_NONE: return M_ALL;
     default: return 0;
     }
@@ -485,6 +487,8 @@ static unsigned format_methods(qd_spec_format f) {
 
 /* Why format f cannot hold method m (only called when it cannot). */
 static const char *format_refusal(qd_spec_format f, qd_spec_method m) {
+    if (f == QD_SPEC_FORMAT_MODELOPT && m == QD_SPEC_METHOD_FP8)
+        return "quantd writes FP8 checkpoints as compressed-tensors float-quantized";
     if (f == QD_SPEC_FORMAT_MODELOPT)
         return "ModelOpt's int4 weights come from AWQ (W4A16_AWQ, W4A8_AWQ)";
     if (f == QD_SPEC_FORMAT_COMPRESSED_TENSORS)
@@ -1008,14 +1012,6 @@ static qd_err check_fp8(const qd_spec *s, qd_error *err) {
                           "w4a8-awq has ModelOpt's fixed fp8 part: a per-tensor weight scale "
                           "and static activation scales");
     }
-    bool channel_dynamic = p->weight_scale == QD_SPEC_FP8_WEIGHT_SCALE_CHANNEL &&
-                           p->activation_scheme == QD_SPEC_FP8_ACTIVATION_DYNAMIC;
-    if (s->method == QD_SPEC_METHOD_FP8 && s->format == QD_SPEC_FORMAT_MODELOPT &&
-        !tensor_static && !channel_dynamic)
-        return fail_field(err, QD_ERR_UNSUPPORTED, s, QD_SPEC_F_FP8_WEIGHT_SCALE,
-                          "ModelOpt writes FP8 as per-tensor weights with static activations "
-                          "(FP8) or per-channel weights with dynamic activations "
-                          "(FP8_PER_CHANNEL_PER_TOKEN)");
     return QD_OK;
 }
 

@@ -341,6 +341,73 @@ QD_TEST(bad_tokens_are_errors) {
     qd_model_free(m);
 }
 
+/* on_weights for a model opened with QD_MODEL_OPEN_EXTERNAL_LINEARS: the linears from a fully
+ * opened copy of the same model (ctx). */
+static qd_err linears_from(void *ctx, qd_layer_weights *w, qd_error *err) {
+    qd_layer_weights full;
+    qd_err rc = qd_layer_weights_load(ctx, w->layer, &full, err);
+    if (rc) return rc;
+    for (int k = 0; k < QD_LINEAR_COUNT; k++) {
+        bool zero = true; /* what the skeleton hands out before the hook */
+        for (int64_t i = 0; i < w->n_out[k] * w->n_in[k]; i++) zero = zero && w->w[k][i] == 0;
+        if (!zero || w->n_out[k] != full.n_out[k] || w->n_in[k] != full.n_in[k])
+            rc = qd_error_set(err, QD_ERR_INTERNAL, "layer %d %s: not a zeroed [%lld, %lld]",
+                              w->layer, qd_linear_name((qd_linear_kind)k),
+                              (long long)full.n_out[k], (long long)full.n_in[k]);
+        else
+            memcpy(w->w[k], full.w[k], (size_t)(w->n_out[k] * w->n_in[k]) * sizeof(float));
+    }
+    qd_layer_weights_done(&full);
+    return rc;
+}
+
+QD_TEST(external_linears_open_without_them_and_come_from_the_hook) {
+    enum { ROWS = 2, LEN = 40, VOCAB = 105 };
+    char dir[64];
+    qd_error err = {0};
+    QD_REQUIRE(rt_make_tmpdir("ext", dir, sizeof dir, &err) == QD_OK);
+    /* a linear's weight missing: a plain open refuses, an external-linears open does not */
+    rt_copy_opts o = {.dtype = QD_DTYPE_COUNT, .skip = "model.layers.2.self_attn.v_proj.weight"};
+    QD_CHECK_OK(rt_copy_model(BABY, dir, &o, &err), &err);
+    qd_model *m = NULL, *full = NULL;
+    QD_CHECK_EQ_INT(qd_model_open(dir, &m, &err), QD_ERR_NOT_FOUND);
+    qd_error_clear(&err);
+    QD_CHECK_OK(qd_model_open_ex(dir, QD_MODEL_OPEN_EXTERNAL_LINEARS, &m, &err), &err);
+    QD_CHECK_OK(qd_model_open(BABY, &full, &err), &err);
+    int32_t *tok = eval_prefix(BABY_EVAL, ROWS, LEN);
+    float *a = malloc(sizeof(float) * ROWS * LEN * VOCAB);
+    float *b = malloc(sizeof(float) * ROWS * LEN * VOCAB);
+    if (m && full && tok && a && b) {
+        qd_run_opts hook = {.on_weights = linears_from, .hook_ctx = full};
+        QD_CHECK_OK(qd_model_logits(m, tok, ROWS, LEN, &hook, a, &err), &err);
+        QD_CHECK_OK(qd_model_logits(full, tok, ROWS, LEN, NULL, b, &err), &err);
+        QD_CHECK(memcmp(a, b, sizeof(float) * ROWS * LEN * VOCAB) == 0);
+        /* without the hook the linears stay zero: other logits */
+        QD_CHECK_OK(qd_model_logits(m, tok, ROWS, LEN, NULL, a, &err), &err);
+        QD_CHECK(memcmp(a, b, sizeof(float) * ROWS * LEN * VOCAB) != 0);
+    }
+    free(a);
+    free(b);
+    free(tok);
+    qd_model_free(m);
+    qd_model_free(full);
+    m = NULL;
+
+    /* everything else is still checked: a missing norm is an error */
+    qd_remove_tree(dir, NULL);
+    QD_REQUIRE(rt_make_tmpdir("ext", dir, sizeof dir, &err) == QD_OK);
+    rt_copy_opts o2 = {.dtype = QD_DTYPE_COUNT,
+                       .skip = "model.layers.1.post_attention_layernorm.weight"};
+    QD_CHECK_OK(rt_copy_model(BABY, dir, &o2, &err), &err);
+    QD_CHECK_EQ_INT(qd_model_open_ex(dir, QD_MODEL_OPEN_EXTERNAL_LINEARS, &m, &err),
+                    QD_ERR_NOT_FOUND);
+    QD_CHECK(strstr(err.msg, "post_attention_layernorm") != NULL);
+    qd_error_clear(&err);
+    QD_CHECK_EQ_INT(qd_model_open_ex(BABY, 1u << 7, &m, &err), QD_ERR_INVALID_ARG);
+    QD_CHECK(m == NULL);
+    qd_remove_tree(dir, NULL);
+}
+
 QD_TEST(missing_model_directory_is_an_error) {
     qd_error err = {0};
     qd_model *m = NULL;

@@ -366,13 +366,19 @@ QD_TEST(defaults_rtn_smoothquant_fp8_w4a8) {
     QD_CHECK(!qd_spec_needs_calibration(&s));
     qd_spec_free(&s);
 
-    /* FP8 on ModelOpt: per-tensor, static, so calibration. */
-    resolve_flags_ok(ARGV("--method", "fp8", "--format", "modelopt", "--calib-digest", DIG), &s);
+    /* FP8 static: per-tensor weights follow, and calibration is needed. */
+    resolve_flags_ok(ARGV("--method", "fp8", "--format", "compressed-tensors",
+                          "--fp8-activation-scheme", "static", "--calib-digest", DIG),
+                     &s);
     QD_CHECK_EQ_INT(s.fp8.weight_scale, QD_SPEC_FP8_WEIGHT_SCALE_TENSOR);
     QD_CHECK_EQ_INT(s.fp8.activation_scheme, QD_SPEC_FP8_ACTIVATION_STATIC);
     QD_CHECK_EQ_INT(s.calibration.rows, 512);
     QD_CHECK(qd_spec_needs_calibration(&s));
     qd_spec_free(&s);
+    /* quantd writes FP8 as compressed-tensors, not ModelOpt */
+    EXPECT_FLAGS_FAIL(QD_ERR_UNSUPPORTED, "--format modelopt: cannot hold method fp8",
+                      "compressed-tensors", NULL, "--method", "fp8", "--format", "modelopt",
+                      "--calib-digest", DIG);
 
     /* One fp8 key given: the other follows its preset. */
     resolve_flags_ok(ARGV("--method", "fp8", "--format", "compressed-tensors",
@@ -380,8 +386,8 @@ QD_TEST(defaults_rtn_smoothquant_fp8_w4a8) {
                      &s);
     QD_CHECK_EQ_INT(s.fp8.weight_scale, QD_SPEC_FP8_WEIGHT_SCALE_TENSOR);
     qd_spec_free(&s);
-    resolve_flags_ok(ARGV("--method", "fp8", "--format", "modelopt", "--fp8-weight-scale",
-                          "channel"),
+    resolve_flags_ok(ARGV("--method", "fp8", "--format", "compressed-tensors",
+                          "--fp8-weight-scale", "channel"),
                      &s);
     QD_CHECK_EQ_INT(s.fp8.activation_scheme, QD_SPEC_FP8_ACTIVATION_DYNAMIC);
     qd_spec_free(&s);
@@ -638,7 +644,7 @@ QD_TEST(calibration_errors) {
                       "--method", "w4a8-awq", "--format", "modelopt");
     EXPECT_FLAGS_FAIL(QD_ERR_INVALID_ARG, "fp8 with static activation scales needs calibration",
                       "--fp8-activation-scheme dynamic", NULL, "--method", "fp8", "--format",
-                      "modelopt");
+                      "compressed-tensors", "--fp8-activation-scheme", "static");
     EXPECT_FLAGS_FAIL(QD_ERR_INVALID_ARG, "--calib 'data.bin': rtn reads no calibration data",
                       NULL, NULL, "--method", "rtn", "--format", "none", "--calib", "data.bin");
     EXPECT_FLAGS_FAIL(QD_ERR_INVALID_ARG, "--calib-rows 5: rtn reads no calibration", NULL, NULL,
@@ -768,9 +774,6 @@ QD_TEST(combination_errors) {
     EXPECT_FLAGS_FAIL(QD_ERR_UNSUPPORTED, "--fp8-activation-scheme dynamic: w4a8-awq", NULL,
                       NULL, "--method", "w4a8-awq", "--format", "modelopt", "--calib-digest",
                       DIG, "--fp8-activation-scheme", "dynamic");
-    EXPECT_FLAGS_FAIL(QD_ERR_UNSUPPORTED, "--fp8-weight-scale tensor: ModelOpt writes FP8",
-                      NULL, NULL, "--method", "fp8", "--format", "modelopt",
-                      "--fp8-weight-scale", "tensor", "--fp8-activation-scheme", "dynamic");
     /* compressed-tensors holds any combination. */
     resolve_flags_ok(ARGV("--method", "fp8", "--format", "compressed-tensors",
                           "--fp8-weight-scale", "tensor", "--fp8-activation-scheme", "dynamic"),
@@ -1035,7 +1038,8 @@ QD_TEST(canonical_text_is_sorted_json_with_the_method_fields_only) {
         {"method: rtn\nformat: dashinfer\n",
          {"\"method\":\"rtn\"", "\"group_size\":128", NULL},
          {"calibration", "\"awq\"", NULL}},
-        {"method: fp8\nformat: modelopt\ncalibration.digest: " DIG "\n",
+        {"method: fp8\nformat: compressed-tensors\nfp8.activation_scheme: static\n"
+         "calibration.digest: " DIG "\n",
          {"\"calibration\":{", "\"weight_scale\":\"tensor\"", NULL},
          {"group_size", NULL}},
     };
