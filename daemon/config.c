@@ -15,12 +15,10 @@
  * one-value YAML document per row), so a default that its own key would refuse cannot ship:
  * qd_config_init_defaults() fails and the tests see it. data_dir is the one computed default.
  *
- * The loader reads libyaml's event stream rather than its document tree: events carry the
- * anchor, alias and tag of every node, so those are refused where they appear (no alias
- * expansion, hence no "billion laughs"), and every error names the line of the node at fault.
- * Nested mappings are walked with the dotted prefix of their parent; a mapping is accepted only
- * where the table has keys below that prefix, so the recursion is as deep as the deepest key
- * name and no deeper, whatever the input. The first error ends the walk.
+ * The loader is common/yamlwalk.c, shared with job specs: it walks libyaml's events, refuses
+ * anchors, aliases and tags, turns nested sections into dotted names, finds unknown and
+ * duplicate keys, and hands each key's value to apply_value() here. Every error names the line
+ * of the node at fault; the first error ends the walk.
  *
  * qd_config_parse() builds a whole new struct (defaults, then the file, then the cross-key
  * rules) and swaps it into the caller's only when all of that succeeded, so a failed load or
@@ -39,6 +37,7 @@
 #include <yaml.h>
 
 #include "fsutil.h"
+#include "yamlwalk.h"
 
 #define KIB ((int64_t)1 << 10)
 #define MIB ((int64_t)1 << 20)
@@ -48,12 +47,8 @@
 #define SIZE_NO_LIMIT INT64_MAX
 /* Config files are hand-written; anything bigger is a mistake (or an attack). */
 #define CFG_FILE_MAX ((size_t)1 << 20)
-/* Longest dotted key name the loader builds; longer names cannot be keys. */
-#define CFG_NAME_MAX 128
 /* Most items a list key takes: far more than any real listen/devices list. */
 #define CFG_LIST_MAX 256
-/* How much of a user's text an error message quotes. */
-#define EXCERPT_MAX 48
 /* Room a chunk message needs above its payload for the gRPC and protobuf framing and the
  * chunk's metadata. Modest on purpose: with the smallest max_message_bytes (64KiB) there must
  * still be a valid chunk_bytes (4KiB..48KiB). */
@@ -66,33 +61,14 @@
 
 /* ---- quoting user text in messages ----------------------------------------------------------- */
 
-/* Copy up to EXCERPT_MAX bytes of s (n bytes) into buf for an error message, with control
- * characters escaped and "..." when cut; never cuts a UTF-8 sequence in two. Returns buf. */
-static const char *excerpt(const char *s, size_t n, char *buf, size_t cap) {
-    size_t take = n, o = 0;
-    if (take > EXCERPT_MAX) {
-        take = EXCERPT_MAX;
-        while (take > 0 && ((unsigned char)s[take] & 0xC0) == 0x80) take--;
-    }
-    for (size_t i = 0; i < take && o + 5 < cap; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        if (ch < 0x20 || ch == 0x7F) o += (size_t)snprintf(buf + o, cap - o, "\\x%02x", ch);
-        else buf[o++] = (char)ch;
-    }
-    if (take < n && o + 4 < cap) {
-        memcpy(buf + o, "...", 3);
-        o += 3;
-    }
-    buf[o < cap ? o : cap - 1] = '\0';
-    return buf;
-}
+/* (quotes go through qd_yaml_excerpt, the same as the loader's messages) */
+#define EXCERPT_BUF QD_YAML_EXCERPT_BUF
 
-#define EXCERPT_BUF (EXCERPT_MAX * 4 + 8)
-
+/* "expected <what>, got '<text>'<why>" (QD_ERR_CONFIG); the caller adds where. */
 static qd_err expected(qd_error *err, const char *what, const char *text, const char *why) {
     char q[EXCERPT_BUF];
     return qd_error_set(err, QD_ERR_CONFIG, "expected %s, got '%s'%s", what,
-                        excerpt(text, strlen(text), q, sizeof q), why ? why : "");
+                        qd_yaml_excerpt(text, strlen(text), q, sizeof q), why ? why : "");
 }
 
 /* ---- scalar parsers -------------------------------------------------------------------------- */
@@ -431,14 +407,6 @@ const char *qd_config_type_name(qd_config_type type) {
     return "?";
 }
 
-/* Whether name (n bytes) is a section: some key's name continues it with '.'. */
-static bool is_section(const char *name, size_t n) {
-    for (size_t i = 0; i < N_KEYS; i++)
-        if (strncmp(config_keys[i].name, name, n) == 0 && config_keys[i].name[n] == '.')
-            return true;
-    return false;
-}
-
 /* "0..256", "4KiB..64MiB", "error, warning, ...": what a key accepts, for messages and docs. */
 static void range_text(const qd_config_key *k, char *buf, size_t cap) {
     char lo[32], hi[32];
@@ -602,435 +570,74 @@ static qd_err parse_scalar(const qd_config_key *k, const char *text, cfg_value *
 
 /* ---- the YAML walker ------------------------------------------------------------------------- */
 
-typedef struct seen_section {
-    char *name;
-    size_t line;
-} seen_section;
+/* Item n of list key k: checked and appended to the list being built. */
+typedef struct list_build {
+    const qd_config_key *k;
+    char **items;
+    size_t n, cap;
+} list_build;
 
-typedef struct walker {
-    yaml_parser_t parser;
-    const char *input;       /* the YAML text, for hints about the bytes at an error */
-    size_t len;
-    const char *label;       /* "quantd.yaml", or "built-in default" */
-    bool lines_known;        /* false while parsing the table's defaults */
-    qd_config *cfg;          /* being built */
-    size_t lines[N_KEYS];    /* line where the file set each key; 0 = not set */
-    seen_section *sections;  /* sections entered so far, to refuse one given twice */
-    size_t n_sections;
-    qd_error *err;
-} walker;
-
-/* Fail with "label:line: key: message" (QD_ERR_CONFIG). key may be NULL. */
-__attribute__((format(printf, 4, 5))) static qd_err fail(walker *w, const yaml_mark_t *mark,
-                                                          const char *key, const char *fmt,
-                                                          ...) {
-    char msg[QD_ERROR_MSG_MAX], where[64] = "";
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    if (w->lines_known && mark) snprintf(where, sizeof where, ":%zu", mark->line + 1);
-    return qd_error_set(w->err, QD_ERR_CONFIG, "%s%s: %s%s%s", w->label, where, key ? key : "",
-                        key ? ": " : "", msg);
-}
-
-/* 1-based line of byte offset off in the input. */
-static size_t line_at(const walker *w, size_t off) {
-    size_t line = 1;
-    for (size_t i = 0; i < off && i < w->len; i++)
-        if (w->input[i] == '\n') line++;
-    return line;
-}
-
-/* Whether line line0 (0-based) of the input has a tab in its indentation: libyaml's message
- * for that ("found character that cannot start any token") does not say so. Its marks count
- * characters, not bytes, so look the line up rather than the offset. */
-static bool line_indented_with_tab(const walker *w, size_t line0) {
-    size_t i = 0;
-    for (size_t l = 0; l < line0 && i < w->len; i++)
-        if (w->input[i] == '\n') l++;
-    for (; i < w->len && (w->input[i] == ' ' || w->input[i] == '\t'); i++)
-        if (w->input[i] == '\t') return true;
-    return false;
-}
-
-static qd_err syntax_error(walker *w) {
-    const yaml_parser_t *p = &w->parser;
-    if (p->error == YAML_MEMORY_ERROR)
-        return qd_error_set(w->err, QD_ERR_NOMEM, "%s: out of memory while parsing", w->label);
-    const char *problem = p->problem ? p->problem : "malformed YAML";
-    if (p->error == YAML_READER_ERROR)
-        return qd_error_set(w->err, QD_ERR_CONFIG, "%s:%zu: not valid YAML text: %s (byte %zu)",
-                            w->label, line_at(w, p->problem_offset), problem,
-                            p->problem_offset);
-    const char *hint = line_indented_with_tab(w, p->problem_mark.line)
-                           ? "; YAML cannot indent with tabs, use spaces"
-                           : "";
-    char ctx[96] = "";
-    if (p->context)
-        snprintf(ctx, sizeof ctx, " (%s at line %zu)", p->context, p->context_mark.line + 1);
-    return qd_error_set(w->err, QD_ERR_CONFIG, "%s:%zu: invalid YAML: %s%s%s", w->label,
-                        p->problem_mark.line + 1, problem, ctx, hint);
-}
-
-static qd_err next_event(walker *w, yaml_event_t *ev) {
-    if (!yaml_parser_parse(&w->parser, ev)) return syntax_error(w);
+static qd_err add_item(qd_yaml_walk *w, const char *text, size_t n, const yaml_mark_t *mark,
+                       void *ctx) {
+    list_build *b = ctx;
+    qd_error e = {0};
+    if (b->n == CFG_LIST_MAX)
+        return qd_yaml_fail(w, mark, b->k->name, "more than %d items", CFG_LIST_MAX);
+    if (b->k->check && b->k->check(text, &e) != QD_OK)
+        return qd_yaml_fail(w, mark, b->k->name, "item %zu: %s", n, e.msg);
+    if (b->n == b->cap) {
+        size_t ncap = b->cap ? b->cap * 2 : 4;
+        char **grown = realloc(b->items, ncap * sizeof *grown);
+        if (!grown)
+            return qd_error_set(qd_yaml_err(w), QD_ERR_NOMEM, "%s: out of memory", b->k->name);
+        b->items = grown;
+        b->cap = ncap;
+    }
+    if (!(b->items[b->n] = strdup(text)))
+        return qd_error_set(qd_yaml_err(w), QD_ERR_NOMEM, "%s: out of memory", b->k->name);
+    b->n++;
     return QD_OK;
 }
 
-/* "a mapping", "a list", "'text'", for "found ..." messages. */
-static const char *describe(const yaml_event_t *ev, char *buf, size_t cap) {
-    switch (ev->type) {
-    case YAML_MAPPING_START_EVENT: return "a mapping";
-    case YAML_SEQUENCE_START_EVENT: return "a list";
-    case YAML_ALIAS_EVENT: return "an alias";
-    case YAML_SCALAR_EVENT: {
-        char q[EXCERPT_BUF];
-        snprintf(buf, cap, "'%s'",
-                 excerpt((const char *)ev->data.scalar.value, ev->data.scalar.length, q,
-                         sizeof q));
-        return buf;
-    }
-    default: return "something else";
-    }
-}
-
-/* Refuse aliases, anchors and tags: config files are plain data, and an alias can make a
- * small file expand into a huge one. */
-static qd_err check_props(walker *w, const yaml_event_t *ev, const char *key) {
-    const yaml_char_t *anchor = NULL, *tag = NULL;
-    char q[EXCERPT_BUF];
-    switch (ev->type) {
-    case YAML_ALIAS_EVENT:
-        anchor = ev->data.alias.anchor;
-        return fail(w, &ev->start_mark, key, "aliases are not supported (*%s); write the value out",
-                    excerpt((const char *)anchor, strlen((const char *)anchor), q, sizeof q));
-    case YAML_SCALAR_EVENT:
-        anchor = ev->data.scalar.anchor;
-        tag = ev->data.scalar.tag;
-        break;
-    case YAML_SEQUENCE_START_EVENT:
-        anchor = ev->data.sequence_start.anchor;
-        tag = ev->data.sequence_start.tag;
-        break;
-    case YAML_MAPPING_START_EVENT:
-        anchor = ev->data.mapping_start.anchor;
-        tag = ev->data.mapping_start.tag;
-        break;
-    default: break;
-    }
-    if (anchor)
-        return fail(w, &ev->start_mark, key, "anchors are not supported (&%s)",
-                    excerpt((const char *)anchor, strlen((const char *)anchor), q, sizeof q));
-    if (tag)
-        return fail(w, &ev->start_mark, key, "tags are not supported (%s)",
-                    excerpt((const char *)tag, strlen((const char *)tag), q, sizeof q));
-    return QD_OK;
-}
-
-/* The text of a scalar event, refusing embedded NULs (a "\0" escape) that C strings would cut. */
-static qd_err scalar_text(walker *w, const yaml_event_t *ev, const char *key, const char **out) {
-    const char *s = (const char *)ev->data.scalar.value;
-    if (strlen(s) != ev->data.scalar.length)
-        return fail(w, &ev->start_mark, key, "contains a NUL character");
-    *out = s;
-    return QD_OK;
-}
-
-/* Read the items of a list key; ev is its SEQUENCE_START. Replaces the field on success. */
-static qd_err apply_list(walker *w, const qd_config_key *k, const yaml_event_t *ev) {
-    char what[320], found[EXCERPT_BUF + 8];
-    if (ev->type != YAML_SEQUENCE_START_EVENT)
-        return fail(w, &ev->start_mark, k->name, "expected %s, found %s",
-                    expect_text(k, what, sizeof what), describe(ev, found, sizeof found));
-    char **items = NULL;
-    size_t n = 0, cap = 0;
-    qd_err rc = QD_OK;
-    for (;;) {
-        yaml_event_t item;
-        if ((rc = next_event(w, &item)) != QD_OK) break;
-        if (item.type == YAML_SEQUENCE_END_EVENT) {
-            yaml_event_delete(&item);
-            break;
-        }
-        const char *text = NULL;
-        qd_error e = {0};
-        rc = check_props(w, &item, k->name);
-        if (rc == QD_OK && item.type != YAML_SCALAR_EVENT)
-            rc = fail(w, &item.start_mark, k->name, "item %zu: expected a string, found %s",
-                      n + 1, describe(&item, found, sizeof found));
-        if (rc == QD_OK) rc = scalar_text(w, &item, k->name, &text);
-        if (rc == QD_OK && n == CFG_LIST_MAX)
-            rc = fail(w, &item.start_mark, k->name, "more than %d items", CFG_LIST_MAX);
-        if (rc == QD_OK && k->check && k->check(text, &e) != QD_OK)
-            rc = fail(w, &item.start_mark, k->name, "item %zu: %s", n + 1, e.msg);
-        if (rc == QD_OK && n == cap) {
-            size_t ncap = cap ? cap * 2 : 4;
-            char **grown = realloc(items, ncap * sizeof *grown);
-            if (!grown) rc = qd_error_set(w->err, QD_ERR_NOMEM, "%s: out of memory", k->name);
-            else {
-                items = grown;
-                cap = ncap;
-            }
-        }
-        if (rc == QD_OK && !(items[n] = strdup(text)))
-            rc = qd_error_set(w->err, QD_ERR_NOMEM, "%s: out of memory", k->name);
-        if (rc == QD_OK) n++;
-        yaml_event_delete(&item);
-        if (rc != QD_OK) break;
-    }
-    if (rc != QD_OK) {
-        free_list(items, n);
-        return rc;
-    }
-    free_field(w->cfg, k);
-    *(char ***)field_of(w->cfg, k) = items;
-    *(size_t *)((char *)w->cfg + k->count_offset) = n;
-    return QD_OK;
-}
-
-/* Apply the value of key k; ev is the value's first event (the caller deletes it). */
-static qd_err apply_value(walker *w, const qd_config_key *k, const yaml_event_t *ev) {
-    char what[320], found[EXCERPT_BUF + 8];
-    qd_err rc = check_props(w, ev, k->name);
-    if (rc != QD_OK) return rc;
-    if (k->type == QD_CFG_LIST) return apply_list(w, k, ev);
-    if (ev->type != YAML_SCALAR_EVENT)
-        return fail(w, &ev->start_mark, k->name, "expected %s, found %s",
-                    expect_text(k, what, sizeof what), describe(ev, found, sizeof found));
+/* Set key ki of the config being built (ctx) to the value whose first event is ev. A list
+ * replaces the field only once all of its items were read. */
+static qd_err apply_value(qd_yaml_walk *w, size_t ki, const yaml_mark_t *kmark,
+                          const yaml_event_t *ev, void *ctx) {
+    (void)kmark;
+    qd_config *cfg = ctx;
+    const qd_config_key *k = &config_keys[ki];
+    char what[320];
     const char *text = NULL;
-    if ((rc = scalar_text(w, ev, k->name, &text)) != QD_OK) return rc;
+    if (k->type == QD_CFG_LIST) {
+        list_build b = {.k = k};
+        qd_err rc = qd_yaml_items(w, ev, k->name, expect_text(k, what, sizeof what), add_item,
+                                  &b);
+        if (rc != QD_OK) {
+            free_list(b.items, b.n);
+            return rc;
+        }
+        free_field(cfg, k);
+        *(char ***)field_of(cfg, k) = b.items;
+        *(size_t *)((char *)cfg + k->count_offset) = b.n;
+        return QD_OK;
+    }
+    qd_err rc = qd_yaml_scalar(w, ev, k->name, expect_text(k, what, sizeof what), &text);
+    if (rc != QD_OK) return rc;
     cfg_value v = {0};
     qd_error e = {0};
-    if ((rc = parse_scalar(k, text, &v, &e)) != QD_OK) {
-        if (rc == QD_ERR_NOMEM) return qd_error_set(w->err, rc, "%s: %s", k->name, e.msg);
-        return fail(w, &ev->start_mark, k->name, "%s", e.msg);
-    }
-    store(w->cfg, k, &v);
+    if ((rc = parse_scalar(k, text, &v, &e)) != QD_OK)
+        return qd_yaml_value_error(w, &ev->start_mark, k->name, rc, &e);
+    store(cfg, k, &v);
     return QD_OK;
 }
 
-/* Edit distance between a and b (both shorter than CFG_NAME_MAX). */
-static size_t edit_distance(const char *a, const char *b) {
-    size_t la = strlen(a), lb = strlen(b);
-    size_t row[CFG_NAME_MAX + 1];
-    if (la > CFG_NAME_MAX || lb > CFG_NAME_MAX) return SIZE_MAX;
-    for (size_t j = 0; j <= lb; j++) row[j] = j;
-    for (size_t i = 1; i <= la; i++) {
-        size_t diag = row[0];
-        row[0] = i;
-        for (size_t j = 1; j <= lb; j++) {
-            size_t up = row[j];
-            size_t best = diag + (a[i - 1] != b[j - 1]);
-            if (row[j] + 1 < best) best = row[j] + 1;
-            if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
-            row[j] = best;
-            diag = up;
-        }
-    }
-    return row[lb];
-}
-
-/* The known key or section closest to the unknown name, if close enough to be a typo; else the
- * key whose last part is the same (a key written outside its section); else NULL. */
-static const char *suggest(const char *name, char *buf, size_t cap) {
-    size_t len = strlen(name);
-    size_t allowed = len <= 3 ? 1 : len <= 11 ? 2 : 3, best = SIZE_MAX;
-    char cand[CFG_NAME_MAX];
-    for (size_t i = 0; i < N_KEYS; i++) {
-        const char *kn = config_keys[i].name;
-        /* The key itself, then each of its sections ("limits" of "limits.chunk_bytes"). */
-        for (size_t end = strlen(kn);;) {
-            snprintf(cand, sizeof cand, "%.*s", (int)end, kn);
-            size_t d = edit_distance(name, cand);
-            if (d < best && d <= allowed) {
-                best = d;
-                snprintf(buf, cap, "%s", cand);
-            }
-            while (end > 0 && kn[end - 1] != '.') end--;
-            if (end == 0) break;
-            end--;
-        }
-    }
-    if (best != SIZE_MAX) return buf;
-    const char *leaf = strrchr(name, '.');
-    leaf = leaf ? leaf + 1 : name;
-    for (size_t i = 0; i < N_KEYS; i++) {
-        const char *kleaf = strrchr(config_keys[i].name, '.');
-        if (kleaf && strcmp(kleaf + 1, leaf) == 0) {
-            snprintf(buf, cap, "%s", config_keys[i].name);
-            return buf;
-        }
-    }
-    return NULL;
-}
-
-static qd_err walk_mapping(walker *w, const char *prefix);
-
-/* The value of section `full` (whose key is at kmark); vev is its first event. */
-static qd_err enter_section(walker *w, const char *full, const yaml_mark_t *kmark,
-                            const yaml_event_t *vev) {
-    char found[EXCERPT_BUF + 8];
-    for (size_t i = 0; i < w->n_sections; i++)
-        if (strcmp(w->sections[i].name, full) == 0)
-            return fail(w, kmark, full, "duplicate key (first at line %zu)",
-                        w->sections[i].line);
-    seen_section *grown = realloc(w->sections, (w->n_sections + 1) * sizeof *grown);
-    if (!grown) return qd_error_set(w->err, QD_ERR_NOMEM, "%s: out of memory", full);
-    w->sections = grown;
-    if (!(grown[w->n_sections].name = strdup(full)))
-        return qd_error_set(w->err, QD_ERR_NOMEM, "%s: out of memory", full);
-    grown[w->n_sections++].line = kmark->line + 1;
-
-    qd_err rc = check_props(w, vev, full);
-    if (rc != QD_OK) return rc;
-    if (vev->type == YAML_MAPPING_START_EVENT) return walk_mapping(w, full);
-    /* A section whose keys are all commented out reads as null: that is no keys at all. */
-    if (vev->type == YAML_SCALAR_EVENT && vev->data.scalar.style == YAML_PLAIN_SCALAR_STYLE) {
-        const char *t = (const char *)vev->data.scalar.value;
-        if (t[0] == '\0' || strcmp(t, "~") == 0 || strcmp(t, "null") == 0) return QD_OK;
-    }
-    return fail(w, &vev->start_mark, full, "expected a mapping of keys (a section), found %s",
-                describe(vev, found, sizeof found));
-}
-
-/* One key: value pair of the mapping under prefix ("" at the top); kev is the key's event. */
-static qd_err walk_entry(walker *w, const char *prefix, const yaml_event_t *kev) {
-    char found[EXCERPT_BUF + 8], full[CFG_NAME_MAX], hint[CFG_NAME_MAX], q[EXCERPT_BUF];
-    const char *ctx = prefix[0] ? prefix : NULL;
-    qd_err rc = check_props(w, kev, ctx);
-    if (rc != QD_OK) return rc;
-    if (kev->type != YAML_SCALAR_EVENT)
-        return fail(w, &kev->start_mark, ctx, "expected a key name, found %s",
-                    describe(kev, found, sizeof found));
-    const char *key = NULL;
-    if ((rc = scalar_text(w, kev, ctx, &key)) != QD_OK) return rc;
-    int n = snprintf(full, sizeof full, "%s%s%s", prefix, prefix[0] ? "." : "", key);
-    bool fits = n >= 0 && (size_t)n < sizeof full;
-
-    const qd_config_key *k = fits ? qd_config_key_find(full) : NULL;
-    bool section = !k && fits && is_section(full, (size_t)n);
-    if (!k && !section) {
-        /* (a name too long for full was cut by snprintf; the excerpt is shorter anyway) */
-        const char *s = fits ? suggest(full, hint, sizeof hint) : NULL;
-        return fail(w, &kev->start_mark, excerpt(full, strlen(full), q, sizeof q),
-                    "unknown key%s%s%s", s ? " (did you mean '" : "", s ? s : "",
-                    s ? "'?)" : "");
-    }
-
-    yaml_event_t vev;
-    if ((rc = next_event(w, &vev)) != QD_OK) return rc;
-    if (k) {
-        size_t ki = (size_t)(k - config_keys);
-        if (w->lines[ki])
-            rc = fail(w, &kev->start_mark, k->name, "duplicate key (first at line %zu)",
-                      w->lines[ki]);
-        else {
-            w->lines[ki] = kev->start_mark.line + 1;
-            rc = apply_value(w, k, &vev);
-        }
-    } else {
-        rc = enter_section(w, full, &kev->start_mark, &vev);
-    }
-    yaml_event_delete(&vev);
-    return rc;
-}
-
-/* The entries of a mapping whose MAPPING_START was just read, up to its MAPPING_END. */
-static qd_err walk_mapping(walker *w, const char *prefix) {
-    for (;;) {
-        yaml_event_t kev;
-        qd_err rc = next_event(w, &kev);
-        if (rc != QD_OK) return rc;
-        if (kev.type == YAML_MAPPING_END_EVENT) {
-            yaml_event_delete(&kev);
-            return QD_OK;
-        }
-        rc = walk_entry(w, prefix, &kev);
-        yaml_event_delete(&kev);
-        if (rc != QD_OK) return rc;
-    }
-}
-
-/* Read the next event and require it to be of type t (libyaml guarantees the stream's shape;
- * this keeps a surprise from being read as something else). */
-static qd_err expect_event(walker *w, yaml_event_type_t t, yaml_event_t *ev) {
-    qd_err rc = next_event(w, ev);
-    if (rc != QD_OK) return rc;
-    if (ev->type == t) return QD_OK;
-    qd_err e = fail(w, &ev->start_mark, NULL, "unexpected YAML structure");
-    yaml_event_delete(ev);
-    return e;
-}
-
-/* The whole stream: nothing, or one document whose root is a mapping (or empty). */
-static qd_err walk_stream(walker *w) {
-    yaml_event_t ev;
-    char found[EXCERPT_BUF + 8];
-    qd_err rc = expect_event(w, YAML_STREAM_START_EVENT, &ev);
-    if (rc != QD_OK) return rc;
-    yaml_event_delete(&ev);
-    if ((rc = next_event(w, &ev)) != QD_OK) return rc;
-    yaml_event_type_t t = ev.type;
-    yaml_event_delete(&ev);
-    if (t == YAML_STREAM_END_EVENT) return QD_OK; /* empty, or only comments */
-
-    if ((rc = next_event(w, &ev)) != QD_OK) return rc;
-    rc = check_props(w, &ev, NULL);
-    if (rc == QD_OK) {
-        if (ev.type == YAML_MAPPING_START_EVENT) rc = walk_mapping(w, "");
-        else if (!(ev.type == YAML_SCALAR_EVENT && ev.data.scalar.length == 0 &&
-                   ev.data.scalar.style == YAML_PLAIN_SCALAR_STYLE))
-            rc = fail(w, &ev.start_mark, NULL,
-                      "the top level must be a mapping of keys, found %s",
-                      describe(&ev, found, sizeof found));
-    }
-    yaml_event_delete(&ev);
-    if (rc != QD_OK) return rc;
-
-    if ((rc = expect_event(w, YAML_DOCUMENT_END_EVENT, &ev)) != QD_OK) return rc;
-    yaml_event_delete(&ev);
-    if ((rc = next_event(w, &ev)) != QD_OK) return rc;
-    if (ev.type != YAML_STREAM_END_EVENT)
-        rc = fail(w, &ev.start_mark, NULL, "only one YAML document is allowed");
-    yaml_event_delete(&ev);
-    return rc;
-}
-
-/* The default of k, a one-value YAML document, parsed as the value of k. */
-static qd_err walk_default(walker *w, const qd_config_key *k) {
-    yaml_event_t ev;
-    qd_err rc = expect_event(w, YAML_STREAM_START_EVENT, &ev);
-    if (rc != QD_OK) return rc;
-    yaml_event_delete(&ev);
-    if ((rc = expect_event(w, YAML_DOCUMENT_START_EVENT, &ev)) != QD_OK) return rc;
-    yaml_event_delete(&ev);
-    if ((rc = next_event(w, &ev)) != QD_OK) return rc;
-    rc = apply_value(w, k, &ev);
-    yaml_event_delete(&ev);
-    if (rc != QD_OK) return rc;
-    if ((rc = expect_event(w, YAML_DOCUMENT_END_EVENT, &ev)) != QD_OK) return rc;
-    yaml_event_delete(&ev);
-    if ((rc = expect_event(w, YAML_STREAM_END_EVENT, &ev)) != QD_OK) return rc;
-    yaml_event_delete(&ev);
-    return QD_OK;
-}
-
-static qd_err walker_open(walker *w, const char *text, size_t len, qd_error *err) {
-    if (!yaml_parser_initialize(&w->parser))
-        return qd_error_set(err, QD_ERR_NOMEM, "%s: out of memory", w->label);
-    w->input = text ? text : "";
-    w->len = text ? len : 0;
-    yaml_parser_set_input_string(&w->parser, (const unsigned char *)w->input, w->len);
-    return QD_OK;
-}
-
-static void walker_close(walker *w) {
-    yaml_parser_delete(&w->parser);
-    for (size_t i = 0; i < w->n_sections; i++) free(w->sections[i].name);
-    free(w->sections);
-    w->sections = NULL;
-    w->n_sections = 0;
+/* The key table as common/yamlwalk.c sees it; lines is where the file set each key (0 = not
+ * set), for the cross-key rules' messages. */
+static qd_yaml_opts walk_opts(const char *label, qd_config *cfg, size_t *lines) {
+    return (qd_yaml_opts){.label = label, .table = config_keys, .stride = sizeof config_keys[0],
+                          .name_offset = offsetof(qd_config_key, name), .count = N_KEYS,
+                          .lines = lines, .fail_code = QD_ERR_CONFIG,
+                          .syntax_code = QD_ERR_CONFIG, .on_key = apply_value, .ctx = cfg};
 }
 
 /* ---- cross-key rules ------------------------------------------------------------------------- */
@@ -1082,7 +689,7 @@ static qd_err check_unique(const rules *r, size_t ki, char *const *v, size_t n) 
         for (size_t j = 0; j < i; j++)
             if (strcmp(v[i], v[j]) == 0)
                 return rule_fail(r, ki, ki, "'%s' is listed twice",
-                                 excerpt(v[i], strlen(v[i]), q, sizeof q));
+                                 qd_yaml_excerpt(v[i], strlen(v[i]), q, sizeof q));
     return QD_OK;
 }
 
@@ -1101,7 +708,7 @@ static qd_err validate(const rules *r) {
                          "are all unset or relative");
     if (c->data_dir[0] != '/')
         return rule_fail(r, KEY_(data_dir), KEY_(data_dir), "expected an absolute path, got '%s'",
-                         excerpt(c->data_dir, strlen(c->data_dir), q, sizeof q));
+                         qd_yaml_excerpt(c->data_dir, strlen(c->data_dir), q, sizeof q));
 
     if (c->n_devices == 0) return rule_fail(r, KEY_(devices), KEY_(devices), "no device");
     if ((rc = check_unique(r, KEY_(devices), c->devices, c->n_devices)) != QD_OK) return rc;
@@ -1146,10 +753,8 @@ qd_err qd_config_init_defaults(qd_config *c, qd_error *err) {
     for (size_t i = 0; i < N_KEYS && rc == QD_OK; i++) {
         const qd_config_key *k = &config_keys[i];
         if (k->def) {
-            walker w = {.label = "built-in default", .lines_known = false, .cfg = c, .err = err};
-            if ((rc = walker_open(&w, k->def, strlen(k->def), err)) != QD_OK) break;
-            rc = walk_default(&w, k);
-            walker_close(&w);
+            qd_yaml_opts o = walk_opts("built-in default", c, NULL);
+            rc = qd_yaml_walk_value(&o, i, k->def, strlen(k->def), err);
         } else if (k->default_fn) {
             char *s = NULL;
             qd_error e = {0};
@@ -1172,14 +777,11 @@ qd_err qd_config_parse(const char *yaml, size_t len, const char *label, qd_confi
     if (!label) label = "config";
     qd_err rc = qd_config_init_defaults(&tmp, &e);
     if (rc == QD_OK) {
-        walker w = {.label = label, .lines_known = true, .cfg = &tmp, .err = &e};
-        rc = walker_open(&w, yaml, len, &e);
+        size_t lines[N_KEYS] = {0};
+        qd_yaml_opts o = walk_opts(label, &tmp, lines);
+        rc = qd_yaml_walk_text(&o, yaml, len, &e);
         if (rc == QD_OK) {
-            rc = walk_stream(&w);
-            walker_close(&w);
-        }
-        if (rc == QD_OK) {
-            rules r = {.c = &tmp, .lines = w.lines, .label = label, .err = &e};
+            rules r = {.c = &tmp, .lines = lines, .label = label, .err = &e};
             rc = validate(&r);
         }
         if (rc != QD_OK) qd_config_free(&tmp);

@@ -29,9 +29,10 @@
  * any of that changes every digest and empties the cache: the golden test in test-spec
  * exists to make that a deliberate act.
  *
- * The YAML loader reads libyaml events, like daemon/config.c: anchors, aliases and tags are
- * refused, every error carries the line of the node at fault, and the only nesting accepted
- * is one level of the known sections. It parses into a copy and swaps it in on success.
+ * The YAML loader is common/yamlwalk.c, shared with daemon/config.c: anchors, aliases and
+ * tags are refused, every error carries the line of the node at fault, and the only nesting
+ * accepted is that of the key names (one level: "awq.n_grid"). It parses into a copy and
+ * swaps it in on success.
  */
 #include "spec.h"
 
@@ -46,6 +47,7 @@
 #include <yaml.h>
 
 #include "fsutil.h"
+#include "yamlwalk.h"
 
 /* Spec files are written by hand; anything bigger is a mistake. */
 #define SPEC_FILE_MAX ((size_t)1 << 20)
@@ -60,8 +62,7 @@
 #define CALIB_SEQ_LEN_MAX (1u << 20)
 #define CALIB_PATH_MAX 4096
 /* How much of a user's text a message quotes. */
-#define EXCERPT_MAX 48
-#define EXCERPT_BUF (EXCERPT_MAX * 4 + 8)
+#define EXCERPT_BUF QD_YAML_EXCERPT_BUF
 /* A field reference with its value: "job.yaml:12: calibration.path '...'" and the like. */
 #define REF_MAX 320
 
@@ -305,25 +306,9 @@ static void mark(qd_spec *s, qd_spec_field f, qd_spec_origin o) {
 
 /* ---- messages -------------------------------------------------------------------------------- */
 
-/* Up to EXCERPT_MAX bytes of s for a message, control characters escaped, "..." when cut,
- * never cutting a UTF-8 sequence in two. */
+/* s quoted for a message (see qd_yaml_excerpt). */
 static const char *excerpt(const char *s, char *buf, size_t cap) {
-    size_t n = strlen(s), take = n, o = 0;
-    if (take > EXCERPT_MAX) {
-        take = EXCERPT_MAX;
-        while (take > 0 && ((unsigned char)s[take] & 0xC0) == 0x80) take--;
-    }
-    for (size_t i = 0; i < take && o + 5 < cap; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        if (ch < 0x20 || ch == 0x7F) o += (size_t)snprintf(buf + o, cap - o, "\\x%02x", ch);
-        else buf[o++] = (char)ch;
-    }
-    if (take < n && o + 4 < cap) {
-        memcpy(buf + o, "...", 3);
-        o += 3;
-    }
-    buf[o < cap ? o : cap - 1] = '\0';
-    return buf;
+    return qd_yaml_excerpt(s, strlen(s), buf, cap);
 }
 
 /* The shortest decimal text that reads back as exactly v ("0.01", "0.5", "1e-05"). */
@@ -1589,349 +1574,63 @@ static void list_clear(qd_spec *s) {
 
 /* ---- YAML ------------------------------------------------------------------------------------ */
 
-static const char *const section_names[] = {"calibration", "awq", "gptq", "smoothquant", "fp8"};
-#define N_SECTIONS (sizeof section_names / sizeof section_names[0])
-/* Longest dotted key the loader builds; longer names cannot be keys. */
-#define KEY_NAME_MAX 64
-
-typedef struct ywalk {
-    yaml_parser_t parser;
-    const char *label;
-    const char *input; /* for the line of a reader error */
-    size_t len;
-    qd_spec *s;                           /* being built */
-    uint32_t seen[QD_SPEC_FIELD_COUNT];   /* line where this text set each key; 0 = not set */
-    uint32_t section_line[N_SECTIONS];    /* line where each section began; 0 = not seen */
-    qd_error *err;
-} ywalk;
-
-static uint32_t line_of(const yaml_mark_t *m) { return (uint32_t)m->line + 1; }
-
-/* Fail with "label:line: key: message" (key may be NULL). */
-__attribute__((format(printf, 4, 5))) static qd_err yfail(ywalk *w, const yaml_mark_t *mark,
-                                                          const char *key_name, const char *fmt,
-                                                          ...) {
-    char msg[QD_ERROR_MSG_MAX];
-    va_list ap;
-    va_start(ap, fmt);
-    vsnprintf(msg, sizeof msg, fmt, ap);
-    va_end(ap);
-    return qd_error_set(w->err, QD_ERR_INVALID_ARG, "%s:%" PRIu32 ": %s%s%s", w->label,
-                        line_of(mark), key_name ? key_name : "", key_name ? ": " : "", msg);
-}
-
-static qd_err ysyntax(ywalk *w) {
-    const yaml_parser_t *p = &w->parser;
-    if (p->error == YAML_MEMORY_ERROR)
-        return qd_error_set(w->err, QD_ERR_NOMEM, "%s: out of memory while parsing", w->label);
-    const char *problem = p->problem ? p->problem : "malformed YAML";
-    if (p->error == YAML_READER_ERROR) {
-        size_t line = 1;
-        for (size_t i = 0; i < p->problem_offset && i < w->len; i++) line += w->input[i] == '\n';
-        return qd_error_set(w->err, QD_ERR_FORMAT, "%s:%zu: not valid YAML text: %s", w->label,
-                            line, problem);
-    }
-    return qd_error_set(w->err, QD_ERR_FORMAT, "%s:%zu: invalid YAML: %s", w->label,
-                        (size_t)p->problem_mark.line + 1, problem);
-}
-
-static qd_err ynext(ywalk *w, yaml_event_t *ev) {
-    if (!yaml_parser_parse(&w->parser, ev)) return ysyntax(w);
-    return QD_OK;
-}
-
-static const char *describe(const yaml_event_t *ev, char *buf, size_t cap) {
-    char q[EXCERPT_BUF];
-    switch (ev->type) {
-    case YAML_MAPPING_START_EVENT: return "a mapping";
-    case YAML_SEQUENCE_START_EVENT: return "a list";
-    case YAML_ALIAS_EVENT: return "an alias";
-    case YAML_SCALAR_EVENT:
-        snprintf(buf, cap, "'%s'", excerpt((const char *)ev->data.scalar.value, q, sizeof q));
-        return buf;
-    default: return "something else";
-    }
-}
-
-/* Spec files are plain data: no anchors, aliases or tags. */
-static qd_err yprops(ywalk *w, const yaml_event_t *ev, const char *key_name) {
-    const yaml_char_t *anchor = NULL, *tag = NULL;
-    switch (ev->type) {
-    case YAML_ALIAS_EVENT:
-        return yfail(w, &ev->start_mark, key_name, "aliases are not supported; write the value");
-    case YAML_SCALAR_EVENT:
-        anchor = ev->data.scalar.anchor;
-        tag = ev->data.scalar.tag;
-        break;
-    case YAML_SEQUENCE_START_EVENT:
-        anchor = ev->data.sequence_start.anchor;
-        tag = ev->data.sequence_start.tag;
-        break;
-    case YAML_MAPPING_START_EVENT:
-        anchor = ev->data.mapping_start.anchor;
-        tag = ev->data.mapping_start.tag;
-        break;
-    default: break;
-    }
-    if (anchor) return yfail(w, &ev->start_mark, key_name, "anchors are not supported");
-    if (tag) return yfail(w, &ev->start_mark, key_name, "tags are not supported");
-    return QD_OK;
-}
-
-/* A scalar's text, refusing embedded NULs (a "\0" escape) that C strings would cut. */
-static qd_err yscalar(ywalk *w, const yaml_event_t *ev, const char *key_name, const char **out) {
-    const char *t = (const char *)ev->data.scalar.value;
-    if (strlen(t) != ev->data.scalar.length)
-        return yfail(w, &ev->start_mark, key_name, "contains a NUL character");
-    *out = t;
-    return QD_OK;
-}
-
-static void set_yaml_source(ywalk *w, qd_spec_field f, const yaml_mark_t *kmark) {
-    w->s->source[f].origin = QD_SPEC_FROM_YAML;
-    w->s->source[f].negated = 0;
-    w->s->source[f].line = line_of(kmark);
-    w->seen[f] = line_of(kmark);
-}
-
-/* The items of modules_to_not_convert; ev is its SEQUENCE_START. */
-static qd_err ylist(ywalk *w, const qd_spec_key *k, const yaml_event_t *ev) {
-    char found[EXCERPT_BUF + 8];
-    if (ev->type != YAML_SEQUENCE_START_EVENT)
-        return yfail(w, &ev->start_mark, k->name, "expected a list of module names, found %s",
-                     describe(ev, found, sizeof found));
-    list_clear(w->s);
-    for (size_t n = 1;; n++) {
-        yaml_event_t item;
-        qd_err rc = ynext(w, &item);
-        if (rc != QD_OK) return rc;
-        if (item.type == YAML_SEQUENCE_END_EVENT) {
-            yaml_event_delete(&item);
-            return QD_OK;
-        }
-        const char *text = NULL;
-        qd_error e = {0};
-        rc = yprops(w, &item, k->name);
-        if (rc == QD_OK && item.type != YAML_SCALAR_EVENT)
-            rc = yfail(w, &item.start_mark, k->name, "item %zu: expected a string, found %s", n,
-                       describe(&item, found, sizeof found));
-        if (rc == QD_OK) rc = yscalar(w, &item, k->name, &text);
-        if (rc == QD_OK && list_add(w->s, text, &e) != QD_OK)
-            rc = e.code == QD_ERR_NOMEM
-                     ? qd_error_set(w->err, QD_ERR_NOMEM, "%s: out of memory", k->name)
-                     : yfail(w, &item.start_mark, k->name, "item %zu: %s", n, e.msg);
-        yaml_event_delete(&item);
-        if (rc != QD_OK) return rc;
-    }
-}
-
-/* The value of key k (whose name is at kmark); ev is the value's first event. */
-static qd_err yvalue(ywalk *w, const qd_spec_key *k, const yaml_mark_t *kmark,
-                     const yaml_event_t *ev) {
-    char found[EXCERPT_BUF + 8];
-    qd_err rc = yprops(w, ev, k->name);
-    if (rc != QD_OK) return rc;
-    if (w->seen[k->field])
-        return yfail(w, kmark, k->name, "duplicate key (first at line %" PRIu32 ")",
-                     w->seen[k->field]);
-    if (k->type == QD_SPEC_KEY_LIST) {
-        if ((rc = ylist(w, k, ev)) != QD_OK) return rc;
-        set_yaml_source(w, k->field, kmark);
-        return QD_OK;
-    }
-    if (ev->type != YAML_SCALAR_EVENT)
-        return yfail(w, &ev->start_mark, k->name, "expected a single value, found %s",
-                     describe(ev, found, sizeof found));
-    const char *text = NULL;
-    if ((rc = yscalar(w, ev, k->name, &text)) != QD_OK) return rc;
+/* One module pattern of modules_to_not_convert (ctx: the spec being built). */
+static qd_err yitem(qd_yaml_walk *w, const char *text, size_t n, const yaml_mark_t *mark,
+                    void *ctx) {
+    const char *name = key_of(QD_SPEC_F_MODULES_TO_NOT_CONVERT)->name;
     qd_error e = {0};
-    if ((rc = set_from_text(w->s, k, text, &e)) != QD_OK) {
-        if (rc == QD_ERR_NOMEM) return qd_error_set(w->err, rc, "%s: %s", k->name, e.msg);
-        return yfail(w, &ev->start_mark, k->name, "%s", e.msg);
+    if (list_add(ctx, text, &e) == QD_OK) return QD_OK;
+    if (e.code == QD_ERR_NOMEM)
+        return qd_error_set(qd_yaml_err(w), QD_ERR_NOMEM, "%s: out of memory", name);
+    return qd_yaml_fail(w, mark, name, "item %zu: %s", n, e.msg);
+}
+
+/* Set key f of the spec being built (ctx) to the value whose first event is ev; kmark is where
+ * the key was written, which the field remembers for later messages. */
+static qd_err yvalue(qd_yaml_walk *w, size_t f, const yaml_mark_t *kmark, const yaml_event_t *ev,
+                     void *ctx) {
+    qd_spec *s = ctx;
+    const qd_spec_key *k = key_of((qd_spec_field)f);
+    const char *text = NULL;
+    qd_err rc;
+    if (k->type == QD_SPEC_KEY_LIST) {
+        list_clear(s);
+        rc = qd_yaml_items(w, ev, k->name, "a list of module names", yitem, s);
+    } else if ((rc = qd_yaml_scalar(w, ev, k->name, "a single value", &text)) == QD_OK) {
+        qd_error e = {0};
+        if ((rc = set_from_text(s, k, text, &e)) != QD_OK)
+            rc = qd_yaml_value_error(w, &ev->start_mark, k->name, rc, &e);
     }
-    set_yaml_source(w, k->field, kmark);
+    if (rc != QD_OK) return rc;
+    s->source[f].origin = QD_SPEC_FROM_YAML;
+    s->source[f].negated = 0;
+    s->source[f].line = (uint32_t)kmark->line + 1;
     return QD_OK;
-}
-
-/* Edit distance between two short strings (both below KEY_NAME_MAX). */
-static size_t edit_distance(const char *a, const char *b) {
-    size_t la = strlen(a), lb = strlen(b), row[KEY_NAME_MAX + 1];
-    if (la > KEY_NAME_MAX || lb > KEY_NAME_MAX) return SIZE_MAX;
-    for (size_t j = 0; j <= lb; j++) row[j] = j;
-    for (size_t i = 1; i <= la; i++) {
-        size_t diag = row[0];
-        row[0] = i;
-        for (size_t j = 1; j <= lb; j++) {
-            size_t up = row[j], best = diag + (a[i - 1] != b[j - 1]);
-            if (up + 1 < best) best = up + 1;
-            if (row[j - 1] + 1 < best) best = row[j - 1] + 1;
-            row[j] = best;
-            diag = up;
-        }
-    }
-    return row[lb];
-}
-
-/* The key closest to an unknown name if it looks like a typo, else the key with the same last
- * part (a key written outside its section, or in the wrong one), else NULL. */
-static const char *suggest(const char *name) {
-    size_t len = strlen(name), allowed = len <= 3 ? 1 : len <= 11 ? 2 : 3, best = SIZE_MAX;
-    const char *pick = NULL;
-    for (size_t i = 0; i < N_KEYS; i++) {
-        size_t d = edit_distance(name, spec_keys[i].name);
-        if (d <= allowed && d < best) {
-            best = d;
-            pick = spec_keys[i].name;
-        }
-    }
-    if (pick) return pick;
-    const char *leaf = strrchr(name, '.');
-    leaf = leaf ? leaf + 1 : name;
-    for (size_t i = 0; i < N_KEYS; i++) {
-        const char *kl = strrchr(spec_keys[i].name, '.');
-        if (strcmp(kl ? kl + 1 : spec_keys[i].name, leaf) == 0) return spec_keys[i].name;
-    }
-    return NULL;
-}
-
-static int section_index(const char *name) {
-    for (size_t i = 0; i < N_SECTIONS; i++)
-        if (strcmp(section_names[i], name) == 0) return (int)i;
-    return -1;
-}
-
-static qd_err ymapping(ywalk *w, const char *prefix);
-
-/* One "key: value" of the mapping under prefix ("" at the top); kev is the key's event. */
-static qd_err yentry(ywalk *w, const char *prefix, const yaml_event_t *kev) {
-    char found[EXCERPT_BUF + 8], full[KEY_NAME_MAX + 1], q[EXCERPT_BUF];
-    const char *ctx = prefix[0] ? prefix : NULL;
-    qd_err rc = yprops(w, kev, ctx);
-    if (rc != QD_OK) return rc;
-    if (kev->type != YAML_SCALAR_EVENT)
-        return yfail(w, &kev->start_mark, ctx, "expected a key name, found %s",
-                     describe(kev, found, sizeof found));
-    const char *name = NULL;
-    if ((rc = yscalar(w, kev, ctx, &name)) != QD_OK) return rc;
-    int n = snprintf(full, sizeof full, "%s%s%s", prefix, prefix[0] ? "." : "", name);
-    bool fits = n >= 0 && (size_t)n < sizeof full;
-    const qd_spec_key *k = fits ? qd_spec_key_find(full) : NULL;
-    int sec = fits && !prefix[0] ? section_index(full) : -1;
-    if (!k && sec < 0) {
-        const char *hint = fits ? suggest(full) : NULL;
-        return yfail(w, &kev->start_mark, excerpt(fits ? full : name, q, sizeof q),
-                     "unknown key%s%s%s", hint ? " (did you mean '" : "", hint ? hint : "",
-                     hint ? "'?)" : "");
-    }
-    yaml_event_t vev;
-    if ((rc = ynext(w, &vev)) != QD_OK) return rc;
-    if (k) {
-        rc = yvalue(w, k, &kev->start_mark, &vev);
-    } else if (w->section_line[sec]) {
-        rc = yfail(w, &kev->start_mark, full, "duplicate key (first at line %" PRIu32 ")",
-                   w->section_line[sec]);
-    } else {
-        w->section_line[sec] = line_of(&kev->start_mark);
-        rc = yprops(w, &vev, full);
-        if (rc == QD_OK && vev.type == YAML_MAPPING_START_EVENT) {
-            rc = ymapping(w, full);
-        } else if (rc == QD_OK) {
-            /* A section whose keys are all commented out reads as null: no keys at all. */
-            const char *t = (const char *)vev.data.scalar.value;
-            bool null = vev.type == YAML_SCALAR_EVENT &&
-                        vev.data.scalar.style == YAML_PLAIN_SCALAR_STYLE &&
-                        (t[0] == '\0' || strcmp(t, "~") == 0 || strcmp(t, "null") == 0);
-            if (!null)
-                rc = yfail(w, &vev.start_mark, full,
-                           "expected a mapping of %s keys, found %s", full,
-                           describe(&vev, found, sizeof found));
-        }
-    }
-    yaml_event_delete(&vev);
-    return rc;
-}
-
-static qd_err ymapping(ywalk *w, const char *prefix) {
-    for (;;) {
-        yaml_event_t kev;
-        qd_err rc = ynext(w, &kev);
-        if (rc != QD_OK) return rc;
-        if (kev.type == YAML_MAPPING_END_EVENT) {
-            yaml_event_delete(&kev);
-            return QD_OK;
-        }
-        rc = yentry(w, prefix, &kev);
-        yaml_event_delete(&kev);
-        if (rc != QD_OK) return rc;
-    }
-}
-
-/* The stream: nothing, or one document whose root is a mapping (or empty). */
-static qd_err ystream(ywalk *w) {
-    yaml_event_t ev;
-    char found[EXCERPT_BUF + 8];
-    qd_err rc = ynext(w, &ev); /* STREAM_START */
-    if (rc != QD_OK) return rc;
-    yaml_event_delete(&ev);
-    if ((rc = ynext(w, &ev)) != QD_OK) return rc;
-    yaml_event_type_t t = ev.type;
-    yaml_event_delete(&ev);
-    if (t == YAML_STREAM_END_EVENT) return QD_OK; /* empty, or comments only */
-    if ((rc = ynext(w, &ev)) != QD_OK) return rc; /* the document's root */
-    rc = yprops(w, &ev, NULL);
-    if (rc == QD_OK) {
-        if (ev.type == YAML_MAPPING_START_EVENT) rc = ymapping(w, "");
-        else if (!(ev.type == YAML_SCALAR_EVENT && ev.data.scalar.length == 0 &&
-                   ev.data.scalar.style == YAML_PLAIN_SCALAR_STYLE))
-            rc = yfail(w, &ev.start_mark, NULL, "the top level must be a mapping of keys, found %s",
-                       describe(&ev, found, sizeof found));
-    }
-    yaml_event_delete(&ev);
-    if (rc != QD_OK) return rc;
-    if ((rc = ynext(w, &ev)) != QD_OK) return rc; /* DOCUMENT_END */
-    yaml_event_delete(&ev);
-    if ((rc = ynext(w, &ev)) != QD_OK) return rc;
-    if (ev.type != YAML_STREAM_END_EVENT)
-        rc = yfail(w, &ev.start_mark, NULL, "only one YAML document is allowed");
-    yaml_event_delete(&ev);
-    return rc;
 }
 
 qd_err qd_spec_parse_yaml(const char *yaml, size_t len, const char *label, qd_spec *s,
                           qd_error *err) {
     qd_error e = {0};
     qd_spec tmp = {0};
+    size_t seen[N_KEYS] = {0}; /* line where this text set each key; 0 = not set */
     if (!label) label = "spec";
+    qd_yaml_opts o = {.label = label, .table = spec_keys, .stride = sizeof spec_keys[0],
+                      .name_offset = offsetof(qd_spec_key, name), .count = N_KEYS,
+                      .lines = seen, .fail_code = QD_ERR_INVALID_ARG,
+                      .syntax_code = QD_ERR_FORMAT, .name_sections = true, .on_key = yvalue,
+                      .ctx = &tmp};
     qd_err rc = qd_spec_copy(&tmp, s, &e);
+    if (rc == QD_OK) rc = qd_yaml_walk_text(&o, yaml, len, &e);
     if (rc == QD_OK) {
-        ywalk *w = calloc(1, sizeof *w);
-        if (!w) {
-            rc = qd_error_set(&e, QD_ERR_NOMEM, "%s: out of memory", label);
-        } else if (!yaml_parser_initialize(&w->parser)) {
-            rc = qd_error_set(&e, QD_ERR_NOMEM, "%s: cannot start the YAML parser", label);
-            free(w);
-        } else {
-            w->label = label;
-            w->input = yaml;
-            w->len = len;
-            w->s = &tmp;
-            w->err = &e;
-            yaml_parser_set_input_string(&w->parser, (const unsigned char *)yaml, len);
-            rc = ystream(w);
-            yaml_parser_delete(&w->parser);
-            if (rc == QD_OK) {
-                /* Lines of an earlier file would now be read against this file's name. */
-                for (size_t i = 0; i < QD_SPEC_FIELD_COUNT; i++)
-                    if (!w->seen[i] && tmp.source[i].origin == QD_SPEC_FROM_YAML)
-                        mark(&tmp, (qd_spec_field)i, QD_SPEC_FROM_CODE);
-                char *l = strdup(label);
-                if (!l) rc = qd_error_set(&e, QD_ERR_NOMEM, "%s: out of memory", label);
-                else {
-                    free(tmp.source_file);
-                    tmp.source_file = l;
-                }
-            }
-            free(w);
+        /* Lines of an earlier file would now be read against this file's name. */
+        for (size_t i = 0; i < QD_SPEC_FIELD_COUNT; i++)
+            if (!seen[i] && tmp.source[i].origin == QD_SPEC_FROM_YAML)
+                mark(&tmp, (qd_spec_field)i, QD_SPEC_FROM_CODE);
+        char *l = strdup(label);
+        if (!l) rc = qd_error_set(&e, QD_ERR_NOMEM, "%s: out of memory", label);
+        else {
+            free(tmp.source_file);
+            tmp.source_file = l;
         }
     }
     if (rc != QD_OK) {
