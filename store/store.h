@@ -1,0 +1,236 @@
+/*
+ * store.h - quantd's persistent state: the cache index (SQLite), the content-addressed blob
+ * store, model manifests, the artifact registry with LRU eviction, and the job table.
+ *
+ * This is the whole interface the daemon uses, kept narrow so that the cache index can later
+ * move out of SQLite (design.md, "Scale beyond one machine"). No SQLite type crosses it.
+ *
+ * On disk, under data_dir/:
+ *
+ *   quantd.db                     SQLite, WAL; schema versioned by PRAGMA user_version
+ *   blobs/sha256/ab/cdef...       complete, verified blobs, named by their sha256 (the first
+ *                                 two hex chars are the directory, the other 62 the file)
+ *   staging/uploads/<sha>.part    a blob being uploaded: its length is the durable prefix
+ *   staging/<anything else>       scratch (job outputs before publish): removed on open
+ *   artifacts/<id>/               published artifacts, each with a row in quantd.db
+ *
+ * Usage:
+ *     struct qd_store *s = NULL;
+ *     qd_error err = {0};
+ *     if (qd_store_open(data_dir, &s, &err) != QD_OK) { report qd_error_text(&err); }
+ *     ...
+ *     qd_store_close(s);
+ *
+ * Threads: a qd_store is NOT thread-safe. The daemon calls it from one thread (or under one
+ * lock); workers reach it only through the daemon.
+ *
+ * Digests (sha256 of blobs, model/manifest digests, spec digests) are 64 lowercase hex chars;
+ * every function that takes one checks it (QD_ERR_INVALID_ARG naming the field otherwise).
+ */
+#ifndef QD_STORE_H
+#define QD_STORE_H
+
+#include <stdbool.h>
+#include <stddef.h>
+#include <stdint.h>
+
+#include "error.h"
+
+#define QD_STORE_HEX_LEN 64           /* a sha256 in hex */
+#define QD_STORE_ID_LEN 32            /* artifact and job ids: 16 random bytes in hex */
+#define QD_STORE_VERSION_MAX 64       /* numerics version, with its NUL */
+#define QD_STORE_FORMAT_MAX 48        /* artifact format registry name, with its NUL */
+#define QD_STORE_SCHEMA_VERSION 1     /* PRAGMA user_version this code writes */
+
+struct qd_store;
+
+/* ---- open / close ------------------------------------------------------------------------ */
+
+/* What qd_store_open found and repaired (for the daemon's startup log). */
+struct qd_store_recovery {
+    int n_jobs_requeued;        /* RUNNING jobs put back in the queue */
+    int n_jobs_failed;          /* RUNNING jobs failed: interrupted too many times */
+    int n_staging_removed;      /* staging entries removed (job scratch, stray files) */
+    int n_orphans_removed;      /* artifacts/<id> without a row, rows without a directory */
+    int n_uploads_resumable;    /* staging/uploads/<sha>.part kept for resumption */
+};
+
+/* Create data_dir/{blobs/sha256,artifacts,staging/uploads} if missing, open (or create)
+ * quantd.db, migrate it, check it (PRAGMA quick_check), clean staging and recover jobs.
+ * A database whose schema is newer than this code is refused (QD_ERR_UNSUPPORTED); a failed
+ * check is QD_ERR_CORRUPT. *ret_store is set only on success. */
+qd_err qd_store_open(const char *data_dir, struct qd_store **ret_store, qd_error *err);
+/* Close; accepts NULL. Returns NULL. */
+struct qd_store *qd_store_close(struct qd_store *s);
+/* What the last qd_store_open recovered. */
+const struct qd_store_recovery *qd_store_recovery(const struct qd_store *s);
+/* The data directory the store was opened on. */
+const char *qd_store_data_dir(const struct qd_store *s);
+/* PRAGMA integrity_check (full, slow on a big db); QD_ERR_CORRUPT with its first line. */
+qd_err qd_store_integrity_check(struct qd_store *s, qd_error *err);
+/* Replace the wall clock (ms since the epoch) used for created/last_used/job times. For
+ * tests; NULL restores the real clock. */
+void qd_store_set_clock(struct qd_store *s, int64_t (*now_ms)(void *ctx), void *ctx);
+
+/* ---- blobs: content-addressed, resumable uploads ------------------------------------------
+ * An upload is named by its expected (sha256, size). Chunks come at increasing, contiguous
+ * offsets; each append is fdatasync'd before it returns, so the held length it reports is
+ * durable and a restarted daemon resumes from it. finish() hashes what is on disk: a
+ * mismatch is QD_ERR_CORRUPT and the partial data is removed; a match is renamed into
+ * blobs/sha256/. A blob already complete counts as complete at once. */
+
+/* How much of a blob is held: complete blobs report held = size. */
+qd_err qd_store_blob_stat(struct qd_store *s, const char *sha256, uint64_t size,
+                          uint64_t *ret_held, bool *ret_complete, qd_error *err);
+/* Start or resume an upload: creates the part file if missing; answers the offset to resume
+ * at (and complete = true, held = size, when the blob is already there). */
+qd_err qd_store_blob_begin(struct qd_store *s, const char *sha256, uint64_t size,
+                           uint64_t *ret_held, bool *ret_complete, qd_error *err);
+/* Append len bytes at offset, which must equal the held length (QD_ERR_PRECONDITION
+ * naming both otherwise). offset + len past size is QD_ERR_INVALID_ARG naming the offset.
+ * A complete blob refuses chunks with QD_ERR_EXISTS. ret_held may be NULL. */
+qd_err qd_store_blob_append(struct qd_store *s, const char *sha256, uint64_t size,
+                            uint64_t offset, const void *data, size_t len,
+                            uint64_t *ret_held, qd_error *err);
+/* Verify and publish a fully held upload (QD_ERR_PRECONDITION if bytes are missing). */
+qd_err qd_store_blob_finish(struct qd_store *s, const char *sha256, uint64_t size,
+                            qd_error *err);
+/* The path of a complete blob (QD_ERR_NOT_FOUND if it is not complete). */
+qd_err qd_store_blob_path(struct qd_store *s, const char *sha256, char *buf, size_t len,
+                          qd_error *err);
+/* Open a complete blob read-only; the caller closes *ret_fd. */
+qd_err qd_store_blob_open(struct qd_store *s, const char *sha256, int *ret_fd,
+                          uint64_t *ret_size, qd_error *err);
+
+/* ---- model manifests ----------------------------------------------------------------------
+ * A bundle (model or calibration set) is named by its manifest digest: the rule in
+ * quantd.proto's header comment ("<sha256>  <size>  <name>\n" per file, sorted by name in
+ * memcmp order, sha256 of the text). */
+struct qd_store_file {
+    char *name;                          /* relative '/'-separated path */
+    uint64_t size;
+    char sha256[QD_STORE_HEX_LEN + 1];
+};
+
+/* Check a manifest (names, order, uniqueness, digests) and compute its digest into ret_hex
+ * (65 bytes). Errors name the entry. */
+qd_err qd_store_manifest_digest(const struct qd_store_file *files, size_t n_files,
+                                char ret_hex[QD_STORE_HEX_LEN + 1], qd_error *err);
+/* Record a manifest under its digest. If expect_digest is not NULL it must match the
+ * computed one (QD_ERR_INVALID_ARG otherwise). Registering the same manifest again is OK. */
+qd_err qd_store_model_register(struct qd_store *s, const struct qd_store_file *files,
+                               size_t n_files, const char *expect_digest,
+                               char ret_digest[QD_STORE_HEX_LEN + 1], qd_error *err);
+/* A registered manifest's files, sorted; free with qd_store_files_free(). */
+qd_err qd_store_model_files(struct qd_store *s, const char *digest,
+                            struct qd_store_file **ret_files, size_t *ret_n, qd_error *err);
+/* Free an array from qd_store_model_files (accepts NULL). */
+void qd_store_files_free(struct qd_store_file *files, size_t n_files);
+
+/* ---- artifacts and the cache --------------------------------------------------------------
+ * The cache key is (model digest, spec digest, numerics version); at most one artifact per
+ * key. An artifact is listed only once its directory is complete: publish fsyncs the staging
+ * directory, renames it to artifacts/<id>/, and only then inserts the row.
+ * Pins are held by running jobs and open downloads. They live in memory: after a restart
+ * nothing runs and nothing downloads, so persisted pins could only leak. */
+struct qd_store_key {
+    char model_digest[QD_STORE_HEX_LEN + 1];
+    char spec_digest[QD_STORE_HEX_LEN + 1];
+    char numerics_version[QD_STORE_VERSION_MAX];  /* non-empty, printable, no '/' */
+};
+
+struct qd_store_artifact {
+    char id[QD_STORE_ID_LEN + 1];
+    struct qd_store_key key;
+    char format[QD_STORE_FORMAT_MAX];
+    char job_id[QD_STORE_ID_LEN + 1];    /* "" if none */
+    uint64_t total_bytes;                /* sum of its regular files */
+    int64_t created_ms;
+    int64_t last_used_ms;
+};
+
+/* Make a fresh scratch directory under staging/ for a job's output; path into buf. */
+qd_err qd_store_staging_new(struct qd_store *s, char *buf, size_t len, qd_error *err);
+/* Publish staging_dir (a directory directly under data_dir/staging) as the artifact of key.
+ * QD_ERR_EXISTS if the key already has one (the staging dir is left to the caller). */
+qd_err qd_store_artifact_publish(struct qd_store *s, const char *staging_dir,
+                                 const struct qd_store_key *key, const char *format,
+                                 const char *job_id, struct qd_store_artifact *ret_art,
+                                 qd_error *err);
+/* The artifact of a cache key (QD_ERR_NOT_FOUND if none); a hit sets last_used to now. */
+qd_err qd_store_artifact_lookup(struct qd_store *s, const struct qd_store_key *key,
+                                struct qd_store_artifact *ret_art, qd_error *err);
+/* By id, without touching last_used. */
+qd_err qd_store_artifact_get(struct qd_store *s, const char *id,
+                             struct qd_store_artifact *ret_art, qd_error *err);
+/* The directory of an artifact (artifacts/<id>) into buf. */
+qd_err qd_store_artifact_dir(struct qd_store *s, const char *id, char *buf, size_t len,
+                             qd_error *err);
+/* Every artifact, oldest first; free(*ret_arts). */
+qd_err qd_store_artifact_list(struct qd_store *s, struct qd_store_artifact **ret_arts,
+                              size_t *ret_n, qd_error *err);
+/* Delete an artifact (QD_ERR_PRECONDITION while pinned). The row goes first, so a crash
+ * midway leaves only an orphan directory, which the next open removes. */
+qd_err qd_store_artifact_delete(struct qd_store *s, const char *id, qd_error *err);
+/* Hold an artifact against eviction and deletion (counted); pin also sets last_used. */
+qd_err qd_store_artifact_pin(struct qd_store *s, const char *id, qd_error *err);
+qd_err qd_store_artifact_unpin(struct qd_store *s, const char *id, qd_error *err);
+/* Sum of total_bytes over all artifacts. */
+qd_err qd_store_artifact_total(struct qd_store *s, uint64_t *ret_total, qd_error *err);
+/* Evict unpinned artifacts, least recently used first, until the total is <= limit_bytes.
+ * Pinned ones are skipped; if they alone exceed the limit the total stays above it (not an
+ * error: *ret_total tells). Out-params may be NULL. */
+qd_err qd_store_evict(struct qd_store *s, uint64_t limit_bytes, int *ret_n_evicted,
+                      uint64_t *ret_total, qd_error *err);
+
+/* ---- jobs ---------------------------------------------------------------------------------
+ *
+ *   QUEUED --start--> RUNNING --finish--> SUCCEEDED | FAILED | CANCELLED
+ *     |                  |
+ *     +----cancel--------+--> CANCELLED
+ *
+ *   At open, RUNNING jobs (a restart interrupted them) go back to QUEUED, or to FAILED with
+ *   "interrupted by a restart" once they have started QD_STORE_JOB_MAX_ATTEMPTS times (so a
+ *   job that crashes the daemon cannot crash it forever).
+ */
+#define QD_STORE_JOB_MAX_ATTEMPTS 3
+#define QD_STORE_JOB_ERROR_MAX 512
+
+enum qd_store_job_state {
+    QD_STORE_JOB_QUEUED,
+    QD_STORE_JOB_RUNNING,
+    QD_STORE_JOB_SUCCEEDED,
+    QD_STORE_JOB_FAILED,
+    QD_STORE_JOB_CANCELLED,
+    QD_STORE_JOB_COUNT
+};
+
+struct qd_store_job {
+    char id[QD_STORE_ID_LEN + 1];
+    struct qd_store_key key;
+    enum qd_store_job_state state;
+    int attempts;                        /* times it entered RUNNING */
+    char error[QD_STORE_JOB_ERROR_MAX];  /* FAILED/CANCELLED: why; "" otherwise */
+    char artifact_id[QD_STORE_ID_LEN + 1];
+    int64_t created_ms;
+    int64_t started_ms;                  /* 0 until RUNNING */
+    int64_t finished_ms;                 /* 0 until terminal */
+};
+
+/* "queued", "running", ...; NULL for an out-of-range value. */
+const char *qd_store_job_state_name(enum qd_store_job_state st);
+/* Add a QUEUED job for key; fills ret_job (id assigned here). */
+qd_err qd_store_job_add(struct qd_store *s, const struct qd_store_key *key,
+                        struct qd_store_job *ret_job, qd_error *err);
+qd_err qd_store_job_get(struct qd_store *s, const char *id, struct qd_store_job *ret_job,
+                        qd_error *err);
+/* Move a job along the diagram above (QD_ERR_PRECONDITION for any other transition).
+ * error is kept for FAILED/CANCELLED, artifact_id for SUCCEEDED (required there). */
+qd_err qd_store_job_set_state(struct qd_store *s, const char *id,
+                              enum qd_store_job_state state, const char *error,
+                              const char *artifact_id, qd_error *err);
+/* Jobs in one state, oldest first (the queue order for QUEUED); free(*ret_jobs). */
+qd_err qd_store_job_list(struct qd_store *s, enum qd_store_job_state state,
+                         struct qd_store_job **ret_jobs, size_t *ret_n, qd_error *err);
+
+#endif /* QD_STORE_H */
