@@ -12,7 +12,7 @@
  * v_proj's rows, and so on down the layer. Clipping and quantization need the weights after
  * ALL folds (v_proj's rows change in the O fold, up_proj's in the DOWN fold), so they run in
  * layer_end. The group inputs are borrowed only for the duration of a callback, so each group
- * keeps what the clip search needs: the every-stride-th tokens of x / s (n_sample_tokens to
+ * keeps what the clip search needs: the every-stride-th tokens of x / s (at most about
  * 2 * n_sample_tokens rows), plus max |x / s| over all tokens for W4A8's activation scale.
  *
  * Memory per group search: the group's candidate weights (<= 3 linears), the float and the
@@ -455,11 +455,39 @@ done:
     return rc;
 }
 
-/* Every stride-th token of x [n_tok, k] divided by s (NULL: 1) into a new array
- * [*ret_n, k] (caller frees). */
-static qd_err sample_scaled(const float *x, int64_t n_tok, int64_t k, const float *s,
-                            int n_sample, float **ret, int64_t *ret_n, qd_error *err) {
-    int64_t stride = n_tok / n_sample > 1 ? n_tok / n_sample : 1;
+static int64_t gcd64(int64_t a, int64_t b) {
+    while (b != 0) {
+        int64_t t = a % b;
+        a = b;
+        b = t;
+    }
+    return a;
+}
+
+int64_t qd_awq_clip_stride(int64_t n_tok, int64_t n_sample, int64_t seq_len) {
+    int64_t stride = n_sample > 0 && n_tok / n_sample > 1 ? n_tok / n_sample : 1;
+    /* AutoAWQ's stride, max(1, n_tok / n_sample), walks a stream of documents concatenated
+     * and cut into blocks, so where a sampled token sits in its block is arbitrary. quantd's
+     * rows are aligned sequences that all start at position 0 (BOS, the attention sink, whose
+     * activations are far larger than the rest), and rows * seq_len is usually a power of
+     * two: then the stride divides seq_len and the sample holds only seq_len / stride
+     * positions, position 0 among them. For 128 x 512 tokens that is positions 0, 128, 256,
+     * 384 - a quarter of the sample is BOS, and the clip bounds fitted to it lose to plain
+     * round-to-nearest. A stride coprime with seq_len visits every position equally often
+     * (position 0 at its true rate 1 / seq_len); raising it, not lowering it, keeps the
+     * sample no larger than AutoAWQ's. */
+    if (seq_len > 1)
+        while (stride > 1 && gcd64(stride, seq_len) != 1) stride++;
+    return stride;
+}
+
+/* Every stride-th token of x [n_tok, k] (stride: qd_awq_clip_stride; seq_len 0 when the
+ * tokens are not rows of a sequence) divided by s (NULL: 1) into a new array [*ret_n, k]
+ * (caller frees). */
+static qd_err sample_scaled(const float *x, int64_t n_tok, int64_t seq_len, int64_t k,
+                            const float *s, int n_sample, float **ret, int64_t *ret_n,
+                            qd_error *err) {
+    int64_t stride = qd_awq_clip_stride(n_tok, n_sample, seq_len);
     int64_t n_sub = (n_tok + stride - 1) / stride;
     float *sub = alloc_floats(n_sub * k);
     if (!sub) return nomem(err, "the clip search's tokens", n_sub * k);
@@ -531,7 +559,7 @@ qd_err qd_awq_quantize_linear(const float *w, int64_t n, int64_t k, const float 
     for (int64_t r = 0; r < n; r++)
         for (int64_t c = 0; c < k; c++) ws[r * k + c] = w[r * k + c] * s[c];
     if (p->apply_clip) {
-        rc = sample_scaled(x, n_tok, k, s, p->n_sample_tokens, &sub, &n_sub, err);
+        rc = sample_scaled(x, n_tok, 0, k, s, p->n_sample_tokens, &sub, &n_sub, err);
         if (rc) goto done;
         maxb = alloc_floats(n * (k / group_cols(p, k)));
         if (!maxb) {
@@ -715,8 +743,8 @@ static qd_err awq_group(void *ctx, const qd_calib_input *in, qd_layer_weights *w
     if (a->sink.report) a->sink.report(a->sink.ctx, &rep);
     if (a->p.w4a8) a->amax[g] = amax_scaled(in->x, in->n_tok, k, a->s[g]);
     if (a->p.apply_clip) { /* every group has a clipped linear (QKV: v_proj) */
-        rc = sample_scaled(in->x, in->n_tok, k, a->s[g], a->p.n_sample_tokens, &a->sub[g],
-                           &a->n_sub[g], err);
+        rc = sample_scaled(in->x, in->n_tok, in->seq_len, k, a->s[g], a->p.n_sample_tokens,
+                           &a->sub[g], &a->n_sub[g], err);
         if (rc) goto fail;
     }
     a->seen |= 1u << g;

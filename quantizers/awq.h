@@ -34,7 +34,10 @@
  * m = max|w_g| * (1 - i / clip_n_grid), i < max_shrink * clip_n_grid, that minimises the mean
  * over sampled tokens of (x_g . (Q(clamp(w_g, -m, m)) - w_g))^2; the symmetric clamp is used
  * even for asymmetric rules (as AutoAWQ). Tokens: every stride-th, stride =
- * max(1, n_tok / n_sample_tokens).
+ * max(1, n_tok / n_sample_tokens) as AutoAWQ, raised to the next value coprime with the
+ * calibration sequence length (qd_awq_clip_stride): quantd's calibration rows are aligned
+ * sequences starting with BOS, and a stride dividing seq_len would sample only a few
+ * positions, position 0 (the attention sink) heavily over-represented among them.
  *
  * W4A8 (ModelOpt W4A8_AWQ, formats.md section 4): symmetric int4 absmax/7 groups
  * (QD_QRULE_SYM_MAX); act_scale = max |x / s| over all calibration tokens / 448 and
@@ -170,6 +173,10 @@ qd_err qd_awq_fold(qd_layer_weights *w, qd_calib_group g, const float *s, qd_err
 qd_err qd_awq_clip_search(const float *w, int64_t n, int64_t k, const float *x, int64_t n_tok,
                           const qd_awq_params *p, const qd_run_opts *o, float *ret_max,
                           qd_error *err);
+/* The clip search's token stride for n_tok tokens that are rows of seq_len tokens (seq_len
+ * <= 1: unstructured, AutoAWQ's max(1, n_tok / n_sample) as is): the smallest stride >=
+ * max(1, n_tok / n_sample) that is 1 or coprime with seq_len. */
+int64_t qd_awq_clip_stride(int64_t n_tok, int64_t n_sample, int64_t seq_len);
 /* w [n, k] = clamp(w, -max, max) per (row, group); max [n, n_groups]. */
 void qd_awq_clip_apply(float *w, int64_t n, int64_t k, int group_size, const float *max);
 

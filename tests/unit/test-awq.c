@@ -1,8 +1,10 @@
 /*
  * test-awq.c - AWQ (quantizers/awq.c): planted activation outliers make AWQ beat RTN, folding
  * keeps the float function, a grid of one ratio without clipping is RTN exactly, the clip
- * search is the arg-min of its objective, W4A8's extra scales, determinism, and perplexity of
- * the bundled babyllama model: AWQ against RTN with the same rule at w4 and w3, group 32.
+ * search is the arg-min of its objective, W4A8's extra scales, determinism, the clip search's
+ * token stride, and perplexity of the bundled models: AWQ against RTN with the same rule on
+ * babyllama at w4 and w3, group 32, and on stories260k at w4 per channel on the full
+ * calibration set (where a stride dividing the sequence length made the clip search fit BOS).
  */
 #include <stdlib.h>
 #include <string.h>
@@ -21,6 +23,9 @@
 #define BABY_EVAL QD_SOURCE_DIR "/examples/data/babyllama/eval.safetensors"
 #define BABY_LAYERS 5
 #define BABY_HID 128
+#define STORIES QD_SOURCE_DIR "/examples/models/stories260k"
+#define STORIES_CALIB QD_SOURCE_DIR "/examples/data/stories260k/calib.safetensors"
+#define STORIES_EVAL QD_SOURCE_DIR "/examples/data/stories260k/eval.safetensors"
 
 /* ---- helpers ---- */
 
@@ -82,15 +87,21 @@ static int32_t *load_tokens(const char *path, int64_t n_rows, int64_t seq_len) {
     return t;
 }
 
-static qd_model *open_baby(void) {
+static qd_model *open_model(const char *dir) {
     qd_error err = {0};
     qd_model *m = NULL;
-    if (qd_model_open(BABY, &m, &err)) fprintf(stderr, "%s\n", qd_error_text(&err));
+    if (qd_model_open(dir, &m, &err)) fprintf(stderr, "%s\n", qd_error_text(&err));
     return m;
 }
 
-/* A sink that keeps everything AWQ hands out. */
+static qd_model *open_baby(void) {
+    return open_model(BABY);
+}
+
+/* A sink that keeps everything AWQ hands out (models of BABY_LAYERS layers, hidden size at
+ * most BABY_HID). */
 struct collect {
+    int64_t hidden;
     qd_qlinear q[BABY_LAYERS][QD_LINEAR_COUNT];
     float attn_norm[BABY_LAYERS][BABY_HID], mlp_norm[BABY_LAYERS][BABY_HID];
     qd_awq_report rep[BABY_LAYERS][QD_CALIB_GROUP_COUNT];
@@ -112,10 +123,11 @@ static qd_err col_linear(void *ctx, int layer, qd_linear_kind kind, qd_qlinear *
 static qd_err col_norms(void *ctx, int layer, const float *attn_norm, const float *mlp_norm,
                         int64_t hidden, qd_error *err) {
     struct collect *c = ctx;
-    if (hidden != BABY_HID) return qd_error_set(err, QD_ERR_INTERNAL, "hidden %lld",
-                                                (long long)hidden);
-    memcpy(c->attn_norm[layer], attn_norm, sizeof(float) * BABY_HID);
-    memcpy(c->mlp_norm[layer], mlp_norm, sizeof(float) * BABY_HID);
+    if (hidden < 1 || hidden > BABY_HID || (c->hidden && hidden != c->hidden))
+        return qd_error_set(err, QD_ERR_INTERNAL, "hidden %lld", (long long)hidden);
+    c->hidden = hidden;
+    memcpy(c->attn_norm[layer], attn_norm, sizeof(float) * (size_t)hidden);
+    memcpy(c->mlp_norm[layer], mlp_norm, sizeof(float) * (size_t)hidden);
     c->n_norms++;
     return QD_OK;
 }
@@ -617,8 +629,9 @@ static qd_err eval_weights(void *ctx, qd_layer_weights *w, qd_error *err) {
     const struct eval_hook *h = ctx;
     for (int k = 0; k < QD_LINEAR_COUNT; k++) {
         if (!h->c) {
+            int g = h->group > 0 ? h->group : (int)w->n_in[k]; /* <= 0: one group per row */
             qd_err rc = qd_rtn_fake_quant(w->w[k], (int)w->n_out[k], (int)w->n_in[k], h->bits,
-                                          h->group, h->rule, QD_DTYPE_F16, err);
+                                          g, h->rule, QD_DTYPE_F16, err);
             if (rc) return rc;
             continue;
         }
@@ -630,8 +643,10 @@ static qd_err eval_weights(void *ctx, qd_layer_weights *w, qd_error *err) {
                 for (int i = 0; i < q->k; i++) w->w[k][r * q->k + i] *= q->pre_scale[i];
     }
     if (h->c) {
-        memcpy(w->attn_norm, h->c->attn_norm[w->layer], sizeof(float) * BABY_HID);
-        memcpy(w->mlp_norm, h->c->mlp_norm[w->layer], sizeof(float) * BABY_HID);
+        if (h->c->hidden != w->hidden)
+            return qd_error_set(err, QD_ERR_INTERNAL, "no norms for layer %d", w->layer);
+        memcpy(w->attn_norm, h->c->attn_norm[w->layer], sizeof(float) * (size_t)w->hidden);
+        memcpy(w->mlp_norm, h->c->mlp_norm[w->layer], sizeof(float) * (size_t)w->hidden);
     }
     return QD_OK;
 }
@@ -713,6 +728,90 @@ QD_TEST(babyllama_awq_beats_rtn) {
         }
         collect_free(c);
     }
+    free(cal);
+    free(ev);
+    qd_model_free(m);
+}
+
+/* ---- (6) the clip search's token sample ---- */
+
+static int64_t gcd_i64(int64_t a, int64_t b) {
+    while (b) {
+        int64_t t = a % b;
+        a = b;
+        b = t;
+    }
+    return a;
+}
+
+QD_TEST(clip_stride_visits_every_position) {
+    static const struct {
+        int64_t rows, len, n_sample;
+    } cases[] = {{128, 512, 512}, {128, 256, 512}, {32, 256, 512}, {8, 128, 512},
+                 {3, 100, 7},     {1, 512, 512},   {5, 6, 1},       {64, 2, 3}};
+    for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
+        int64_t n_tok = cases[i].rows * cases[i].len, len = cases[i].len;
+        int64_t base = n_tok / cases[i].n_sample > 1 ? n_tok / cases[i].n_sample : 1;
+        /* unstructured tokens: AutoAWQ's stride as is */
+        QD_CHECK_EQ_INT(qd_awq_clip_stride(n_tok, cases[i].n_sample, 0), base);
+        int64_t stride = qd_awq_clip_stride(n_tok, cases[i].n_sample, len);
+        /* never a larger sample than AutoAWQ's, and coprime with the sequence length */
+        QD_CHECK(stride >= base && stride < base + len);
+        QD_CHECK_MSG(stride == 1 || gcd_i64(stride, len) == 1, "stride %lld, seq_len %lld",
+                     (long long)stride, (long long)len);
+        /* so every position of a row is sampled equally often, position 0 (BOS) included */
+        int64_t *hits = calloc((size_t)len, sizeof *hits), n_sub = 0;
+        QD_REQUIRE(hits);
+        for (int64_t t = 0; t < n_tok; t += stride, n_sub++) hits[t % len]++;
+        int64_t lo = n_sub, hi = 0;
+        for (int64_t p = 0; p < len; p++) {
+            lo = hits[p] < lo ? hits[p] : lo;
+            hi = hits[p] > hi ? hits[p] : hi;
+        }
+        if (n_sub >= len)
+            QD_CHECK_MSG(hi - lo <= 1, "rows %lld x %lld: positions sampled %lld to %lld times",
+                         (long long)cases[i].rows, (long long)len, (long long)lo, (long long)hi);
+        else
+            QD_CHECK(hi <= 1);
+        free(hits);
+    }
+    /* 128 x 512 (the bundled calibration sets): AutoAWQ's stride 128 would sample positions
+     * 0, 128, 256, 384 only */
+    QD_CHECK_EQ_INT(qd_awq_clip_stride(128 * 512, 512, 512), 129);
+}
+
+/* stories260k, w4, one group per row: AWQ beats RTN with the same min/max rule. The daemon's
+ * default calibration, 128 x 512 tokens with 512 clip tokens, gave AutoAWQ's stride 128, so
+ * the clip search saw positions 0, 128, 256, 384 only - a quarter of them BOS - and AWQ lost
+ * to RTN (ppl 35.41 vs 34.64). To stay fast this uses 32 x 128 tokens and 32 clip tokens:
+ * the same stride 128, which then samples nothing but BOS (AWQ ppl 36.5 before the fix). */
+QD_TEST(stories260k_per_channel_awq_beats_rtn) {
+    enum { CAL_ROWS = 32, CAL_LEN = 128, EV_ROWS = 16, EV_LEN = 512 };
+    qd_model *m = open_model(STORIES);
+    int32_t *cal = load_tokens(STORIES_CALIB, CAL_ROWS, CAL_LEN);
+    int32_t *ev = load_tokens(STORIES_EVAL, EV_ROWS, EV_LEN);
+    QD_REQUIRE(m && cal && ev);
+    QD_REQUIRE(qd_model_config(m)->num_hidden_layers == BABY_LAYERS);
+    qd_awq_params p;
+    qd_awq_params_default(&p);
+    p.group_size = -1;
+    p.n_sample_tokens = 32;
+    struct collect *c = collect_new();
+    QD_REQUIRE(c);
+    qd_error err = {0};
+    double t0 = now_s();
+    QD_CHECK_OK(run_awq(m, cal, CAL_ROWS, CAL_LEN, &p, 0, c, &err), &err);
+    double t_awq = now_s() - t0;
+    QD_CHECK_EQ_INT(c->n_linear, BABY_LAYERS * QD_LINEAR_COUNT);
+    struct eval_hook ha = {c, 0, 0, p.rule}, hr = {NULL, p.bits, -1, p.rule};
+    double ppl_awq = perplexity(m, ev, EV_ROWS, EV_LEN, &ha);
+    double ppl_rtn = perplexity(m, ev, EV_ROWS, EV_LEN, &hr);
+    printf("stories260k w4 per channel (asym min/max): AWQ ppl %.4f, RTN ppl %.4f; AWQ search "
+           "%.2f s on %d x %d tokens\n",
+           ppl_awq, ppl_rtn, t_awq, CAL_ROWS, CAL_LEN);
+    QD_CHECK(ppl_awq > 31.0 && ppl_rtn > 31.0);
+    QD_CHECK_MSG(ppl_awq < ppl_rtn, "AWQ %.4f not below RTN %.4f", ppl_awq, ppl_rtn);
+    collect_free(c);
     free(cal);
     free(ev);
     qd_model_free(m);
