@@ -226,7 +226,7 @@ QD_TEST(upload_resume_after_restart) {
 
     char path[PATH_MAX], want[PATH_MAX];
     QD_CHECK_OK(qd_store_blob_path(s, SHA_ABC, path, sizeof path, &err), &err);
-    fmt_path(want, sizeof want, "%s/blobs/sha256/72/%s", dir, SHA_ABC + 2);
+    fmt_path(want, sizeof want, "%s/blobs/sha256/72/%s", dir, &SHA_ABC[2]);
     QD_CHECK_EQ_STR(path, want);
     char *data = NULL;
     size_t len = 0;
