@@ -12,10 +12,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-qd_err qd_read_file(const char *path, size_t max_bytes, char **out, size_t *len,
-                    qd_error *err) {
-    *out = NULL;
-    if (len) *len = 0;
+qd_err qd_open_regular(const char *path, int *ret_fd, uint64_t *ret_size, qd_error *err) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
         return qd_error_set(err, errno == ENOENT ? QD_ERR_NOT_FOUND : QD_ERR_IO,
@@ -25,12 +22,25 @@ qd_err qd_read_file(const char *path, size_t max_bytes, char **out, size_t *len,
         close(fd);
         return qd_error_set(err, QD_ERR_IO, "%s: not a regular file", path);
     }
-    if ((uint64_t)st.st_size > max_bytes) {
+    *ret_fd = fd;
+    *ret_size = (uint64_t)st.st_size;
+    return QD_OK;
+}
+
+qd_err qd_read_file(const char *path, size_t max_bytes, char **out, size_t *len,
+                    qd_error *err) {
+    *out = NULL;
+    if (len) *len = 0;
+    int fd;
+    uint64_t size;
+    qd_err rc = qd_open_regular(path, &fd, &size, err);
+    if (rc != QD_OK) return rc;
+    if (size > max_bytes) {
         close(fd);
-        return qd_error_set(err, QD_ERR_TOO_LARGE, "%s: %lld bytes, limit is %zu", path,
-                            (long long)st.st_size, max_bytes);
+        return qd_error_set(err, QD_ERR_TOO_LARGE, "%s: %llu bytes, limit is %zu", path,
+                            (unsigned long long)size, max_bytes);
     }
-    size_t n = (size_t)st.st_size;
+    size_t n = (size_t)size;
     char *buf = malloc(n + 1);
     if (!buf) {
         close(fd);

@@ -14,6 +14,9 @@
 
 #include "error.h"
 
+/* Open path read-only and check it is a regular file; *ret_size gets its size. Errors name
+ * the path: QD_ERR_NOT_FOUND when it does not exist, QD_ERR_IO otherwise. */
+qd_err qd_open_regular(const char *path, int *ret_fd, uint64_t *ret_size, qd_error *err);
 /* Read a whole regular file into a malloc'd, NUL-terminated buffer (the NUL is not counted
  * in *len). Files above max_bytes are QD_ERR_TOO_LARGE. */
 qd_err qd_read_file(const char *path, size_t max_bytes, char **out, size_t *len,

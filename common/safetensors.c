@@ -491,16 +491,11 @@ qd_err qd_st_open_mem(const void *buf, size_t len, const char *label, qd_st_file
 
 qd_err qd_st_open(const char *path, qd_st_file **out, qd_error *err) {
     *out = NULL;
-    int fd = open(path, O_RDONLY | O_CLOEXEC);
-    if (fd < 0)
-        return qd_error_set(err, errno == ENOENT ? QD_ERR_NOT_FOUND : QD_ERR_IO,
-                            "%s: cannot open: %s", path, strerror(errno));
-    struct stat st;
-    if (fstat(fd, &st) != 0 || !S_ISREG(st.st_mode)) {
-        close(fd);
-        return qd_error_set(err, QD_ERR_IO, "%s: not a regular file", path);
-    }
-    if ((uint64_t)st.st_size > SIZE_MAX) {
+    int fd;
+    uint64_t size;
+    qd_err orc = qd_open_regular(path, &fd, &size, err);
+    if (orc != QD_OK) return orc;
+    if (size > SIZE_MAX) {
         close(fd);
         return qd_error_set(err, QD_ERR_TOO_LARGE, "%s: file too large to map", path);
     }
@@ -509,7 +504,7 @@ qd_err qd_st_open(const char *path, qd_st_file **out, qd_error *err) {
         close(fd);
         return QD_ERR_NOMEM;
     }
-    size_t len = (size_t)st.st_size;
+    size_t len = (size_t)size;
     if (len > 0) { /* mmap of 0 bytes fails; parse_file reports the empty file */
         void *p = mmap(NULL, len, PROT_READ, MAP_PRIVATE, fd, 0);
         if (p == MAP_FAILED) {

@@ -165,7 +165,7 @@ static qd_err save_orig(struct job *j, const qd_layer_weights *w, const qd_linea
     return QD_OK;
 }
 
-/* ---- RTN (and GPTQ's per-linear step) ---- */
+/* ---- RTN and FP8 per linear ---- */
 
 static qd_err quantize_linear_rtn(struct job *j, qd_layer_weights *w, qd_linear_kind k,
                                   qd_error *err) {
@@ -181,20 +181,6 @@ static qd_err quantize_linear_rtn(struct job *j, qd_layer_weights *w, qd_linear_
                              q, err);
     if (rc == QD_OK) rc = attach_bias(w, k, q, err);
     if (rc == QD_OK) qd_qlinear_dequant(q, w->w[k]);
-    return rc;
-}
-
-static qd_err rtn_group(void *ctx, const qd_calib_input *in, qd_layer_weights *w,
-                        qd_error *err) {
-    struct job *j = ctx;
-    qd_linear_kind kinds[3];
-    int n = qd_calib_group_linears(in->group, kinds);
-    qd_err rc = save_orig(j, w, kinds, n, err);
-    for (int i = 0; rc == QD_OK && i < n; i++)
-        rc = excluded(j, w->layer, kinds[i]) ? keep_float(j, w, kinds[i], err)
-                                             : quantize_linear_rtn(j, w, kinds[i], err);
-    if (rc == QD_OK) set_group_error(j, w->layer, in->group,
-                                     group_rel_err(j, in, w, kinds, n, j->orig));
     return rc;
 }
 
@@ -232,7 +218,7 @@ static qd_err layer_end_progress(void *ctx, qd_layer_weights *w, const float *x_
     return check_cancel(j, err);
 }
 
-/* RTN / dynamic FP8 without calibration data: layer by layer, no forward pass. */
+/* RTN / dynamic FP8: layer by layer, no forward pass. */
 static qd_err run_weights_only(struct job *j, qd_error *err) {
     for (int l = 0; l < j->r->n_layers; l++) {
         qd_layer_weights w = {0};
@@ -425,13 +411,8 @@ qd_err qd_job_quantize(const qd_model *m, const qd_spec *spec, const int32_t *ca
     qd_calib_opts co = {.run = j.run, .propagate = QD_CALIB_PROPAGATE_MODIFIED};
     qd_calib_callbacks cb = {.ctx = &j, .layer_end = layer_end_progress};
     switch (spec->method) {
-    case QD_SPEC_METHOD_RTN:
-        if (!calib) {
-            rc = run_weights_only(&j, err);
-            break;
-        }
-        cb.group = rtn_group;
-        rc = qd_calib_run(m, calib, n_seq, seq_len, &co, &cb, err);
+    case QD_SPEC_METHOD_RTN: /* reads no calibration data (the spec refuses it) */
+        rc = run_weights_only(&j, err);
         break;
     case QD_SPEC_METHOD_FP8:
         if (!calib && spec->fp8.activation_scheme != QD_SPEC_FP8_ACTIVATION_STATIC) {
