@@ -12,9 +12,16 @@
  * A blob in blobs/ is therefore always complete and verified; nothing else is ever there.
  * Should a power loss leave a part file longer than what was synced (zero-filled tail), the
  * hash check at finish catches it: CORRUPT, the part is removed, the client starts over.
+ *
+ * Nothing here touches SQLite or the qd_store's mutable fields (only its data_dir, fixed at
+ * open), so the daemon runs these without its store lock, one writer per blob.
+ *
+ * Also here, because they hash: qd_store_hash_file and qd_store_hash_tree (an artifact's or a
+ * server-side model directory's manifest).
  */
 #include "store.h"
 
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <inttypes.h>
@@ -199,11 +206,14 @@ qd_err qd_store_blob_append(struct qd_store *s, const char *sha256, uint64_t siz
     return rc;
 }
 
-/* sha256 of a whole file, streamed. */
-static qd_err hash_file(const char *path, char out[QD_STORE_HEX_LEN + 1], qd_error *err) {
+/* sha256 of a whole file, streamed; ret_size (may be NULL) gets the bytes read. */
+static qd_err hash_file(const char *path, char out[QD_STORE_HEX_LEN + 1], uint64_t *ret_size,
+                        qd_error *err) {
     int fd = open(path, O_RDONLY | O_CLOEXEC);
     if (fd < 0)
-        return qd_error_set(err, QD_ERR_IO, "%s: cannot open: %s", path, strerror(errno));
+        return qd_error_set(err, errno == ENOENT ? QD_ERR_NOT_FOUND : QD_ERR_IO,
+                            "%s: cannot open: %s", path, strerror(errno));
+    uint64_t total = 0;
     enum { BUF = 1 << 16 };
     unsigned char *buf = malloc(BUF);
     EVP_MD_CTX *ctx = EVP_MD_CTX_new();
@@ -220,6 +230,7 @@ static qd_err hash_file(const char *path, char out[QD_STORE_HEX_LEN + 1], qd_err
             goto done;
         }
         if (got == 0) break;
+        total += (uint64_t)got;
         if (!EVP_DigestUpdate(ctx, buf, (size_t)got)) {
             rc = qd_error_set(err, QD_ERR_INTERNAL, "%s: sha256 update failed", path);
             goto done;
@@ -232,6 +243,7 @@ static qd_err hash_file(const char *path, char out[QD_STORE_HEX_LEN + 1], qd_err
         goto done;
     }
     to_hex(md, 32, out);
+    if (ret_size) *ret_size = total;
 done:
     EVP_MD_CTX_free(ctx);
     free(buf);
@@ -263,7 +275,7 @@ qd_err qd_store_blob_finish(struct qd_store *s, const char *sha256, uint64_t siz
     close(fd);
     if (sync_rc != 0)
         return qd_error_set(err, QD_ERR_IO, "%s: fsync: %s", part, strerror(sync_errno));
-    rc = hash_file(part, got, err);
+    rc = hash_file(part, got, NULL, err);
     if (rc != QD_OK) return rc;
     if (strcmp(got, sha256) != 0) {
         /* The bytes are not what was announced: drop them so nothing can publish them. */
@@ -313,6 +325,129 @@ qd_err qd_store_blob_open(struct qd_store *s, const char *sha256, int *ret_fd,
     }
     *ret_fd = fd;
     if (ret_size) *ret_size = (uint64_t)st.st_size;
+    return QD_OK;
+}
+
+qd_err qd_store_blob_total(struct qd_store *s, uint64_t *ret_bytes, qd_error *err) {
+    char root[PATH_MAX], sub[PATH_MAX], path[PATH_MAX];
+    int n = snprintf(root, sizeof root, "%s/blobs/sha256", qd_store_data_dir(s));
+    if (n < 0 || (size_t)n >= sizeof root)
+        return qd_error_set(err, QD_ERR_TOO_LARGE, "blobs: path too long");
+    DIR *d = opendir(root);
+    if (!d) return qd_error_set(err, QD_ERR_IO, "%s: cannot list: %s", root, strerror(errno));
+    uint64_t total = 0;
+    qd_err rc = QD_OK;
+    struct dirent *de;
+    /* Two levels: blobs/sha256/ab/<62 hex>. Nothing else is ever written there. */
+    while (rc == QD_OK && (de = readdir(d)) != NULL) {
+        if (de->d_name[0] == '.') continue;
+        rc = qd_path_join(sub, sizeof sub, root, de->d_name, err);
+        DIR *d2 = rc == QD_OK ? opendir(sub) : NULL;
+        if (!d2) continue;
+        struct dirent *e2;
+        while (rc == QD_OK && (e2 = readdir(d2)) != NULL) {
+            struct stat st;
+            if (e2->d_name[0] == '.') continue;
+            rc = qd_path_join(path, sizeof path, sub, e2->d_name, err);
+            if (rc == QD_OK && stat(path, &st) == 0 && S_ISREG(st.st_mode))
+                total += (uint64_t)st.st_size;
+        }
+        closedir(d2);
+    }
+    closedir(d);
+    if (rc == QD_OK) *ret_bytes = total;
+    return rc;
+}
+
+qd_err qd_store_hash_file(const char *path, char ret_hex[QD_STORE_HEX_LEN + 1],
+                          uint64_t *ret_size, qd_error *err) {
+    char hex[QD_STORE_HEX_LEN + 1];
+    uint64_t size = 0;
+    qd_err rc = hash_file(path, hex, &size, err);
+    if (rc != QD_OK) return rc;
+    memcpy(ret_hex, hex, sizeof hex);
+    if (ret_size) *ret_size = size;
+    return QD_OK;
+}
+
+/* ---- a directory's manifest -------------------------------------------------------------- */
+
+struct tree {
+    struct qd_store_file *files;
+    size_t n, cap;
+};
+
+static int cmp_file_name(const void *a, const void *b) {
+    /* strcmp compares as unsigned char: the manifest's memcmp order. */
+    return strcmp(((const struct qd_store_file *)a)->name,
+                  ((const struct qd_store_file *)b)->name);
+}
+
+/* Add every regular file under root/rel (rel "" for root itself) to t. */
+static qd_err walk_tree(const char *root, const char *rel, int depth, struct tree *t,
+                        qd_error *err) {
+    char dir[PATH_MAX], path[PATH_MAX], name[PATH_MAX];
+    qd_err rc = QD_OK;
+    if (*rel) rc = qd_path_join(dir, sizeof dir, root, rel, err);
+    else if (strlen(root) >= sizeof dir)
+        rc = qd_error_set(err, QD_ERR_TOO_LARGE, "%.200s: path too long", root);
+    else memcpy(dir, root, strlen(root) + 1);
+    if (rc != QD_OK) return rc;
+    if (depth > 16) return qd_error_set(err, QD_ERR_INVALID_ARG, "%s: nested too deep", dir);
+    DIR *d = opendir(dir);
+    if (!d) return qd_error_set(err, QD_ERR_IO, "%s: cannot list: %s", dir, strerror(errno));
+    struct dirent *de;
+    while (rc == QD_OK && (de = readdir(d)) != NULL) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
+        if (*rel) rc = qd_path_join(name, sizeof name, rel, de->d_name, err);
+        else if (snprintf(name, sizeof name, "%s", de->d_name) >= (int)sizeof name)
+            rc = qd_error_set(err, QD_ERR_TOO_LARGE, "%s/%s: path too long", dir, de->d_name);
+        if (rc == QD_OK) rc = qd_path_join(path, sizeof path, root, name, err);
+        if (rc != QD_OK) break;
+        struct stat st;
+        if (lstat(path, &st) != 0) {
+            rc = qd_error_set(err, QD_ERR_IO, "%s: %s", path, strerror(errno));
+        } else if (S_ISDIR(st.st_mode)) {
+            rc = walk_tree(root, name, depth + 1, t, err);
+        } else if (!S_ISREG(st.st_mode)) {
+            rc = qd_error_set(err, QD_ERR_INVALID_ARG, "%s: not a regular file or directory",
+                              path);
+        } else {
+            if (t->n == t->cap) {
+                size_t cap = t->cap ? 2 * t->cap : 16;
+                void *p = realloc(t->files, cap * sizeof *t->files);
+                if (!p) {
+                    rc = qd_error_set(err, QD_ERR_NOMEM, "%s: out of memory", path);
+                    break;
+                }
+                t->files = p;
+                t->cap = cap;
+            }
+            struct qd_store_file *f = &t->files[t->n];
+            memset(f, 0, sizeof *f);
+            if (!(f->name = strdup(name))) {
+                rc = qd_error_set(err, QD_ERR_NOMEM, "%s: out of memory", path);
+                break;
+            }
+            t->n++;
+            rc = hash_file(path, f->sha256, &f->size, err);
+        }
+    }
+    closedir(d);
+    return rc;
+}
+
+qd_err qd_store_hash_tree(const char *dir, struct qd_store_file **ret_files, size_t *ret_n,
+                          qd_error *err) {
+    struct tree t = {0};
+    qd_err rc = walk_tree(dir, "", 0, &t, err);
+    if (rc != QD_OK) {
+        qd_store_files_free(t.files, t.n);
+        return rc;
+    }
+    if (t.n) qsort(t.files, t.n, sizeof *t.files, cmp_file_name);
+    *ret_files = t.files;
+    *ret_n = t.n;
     return QD_OK;
 }
 

@@ -25,6 +25,13 @@
  *
  * Pins (jobs and downloads holding an artifact) are an in-memory counted list: they
  * describe this process's live work, which a restart ends anyway.
+ *
+ * Schema 2 adds what the daemon needs to run a job again after a restart (the spec's
+ * canonical JSON, the server-side model path) and to show it (label, error code, whether the
+ * cache answered it), the kind of each bundle, and each artifact's file list with sha256s.
+ * The artifact's file list is written in the same transaction as its row, so a listed
+ * artifact always has its manifest; artifacts published under schema 1 get theirs the first
+ * time someone asks (qd_store_artifact_files).
  */
 #include "store.h"
 
@@ -104,6 +111,23 @@ static const char *const MIGRATIONS[] = {
     "  finished_ms INTEGER NOT NULL DEFAULT 0"
     ");"
     "CREATE INDEX jobs_state ON jobs(state, created_ms);",
+    /* 1 -> 2: jobs that can run again after a restart, bundle kinds, artifact manifests. */
+    "ALTER TABLE models ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE jobs ADD COLUMN spec_json TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE jobs ADD COLUMN model_path TEXT;"
+    "ALTER TABLE jobs ADD COLUMN label TEXT;"
+    "ALTER TABLE jobs ADD COLUMN error_code TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE jobs ADD COLUMN cache_hit INTEGER NOT NULL DEFAULT 0;"
+    "CREATE INDEX jobs_created ON jobs(created_ms);"
+    "ALTER TABLE artifacts ADD COLUMN spec_json TEXT NOT NULL DEFAULT '';"
+    "CREATE TABLE artifact_files ("
+    "  artifact_id TEXT NOT NULL REFERENCES artifacts(id) ON DELETE CASCADE,"
+    "  idx INTEGER NOT NULL,"
+    "  name TEXT NOT NULL,"
+    "  size INTEGER NOT NULL CHECK (size >= 0),"
+    "  sha256 TEXT NOT NULL,"
+    "  PRIMARY KEY (artifact_id, idx)"
+    ");",
 };
 #define N_MIGRATIONS ((int)(sizeof MIGRATIONS / sizeof MIGRATIONS[0]))
 _Static_assert(N_MIGRATIONS == QD_STORE_SCHEMA_VERSION, "schema version = migration count");
@@ -410,7 +434,8 @@ static qd_err recover_jobs(struct qd_store *s, qd_error *err) {
     qd_err rc = exec(s, "BEGIN IMMEDIATE", err);
     if (rc == QD_OK)
         rc = prepare(s, "UPDATE jobs SET state = 'failed', finished_ms = ?1, error = "
-                        "'interrupted by a restart ' || attempts || ' times' "
+                        "'interrupted by a restart ' || attempts || ' times', "
+                        "error_code = 'INTERNAL' "
                         "WHERE state = 'running' AND attempts >= ?2", &st, err);
     if (rc == QD_OK) {
         sqlite3_bind_int64(st, 1, now_ms(s));
@@ -597,6 +622,43 @@ qd_err qd_store_model_files(struct qd_store *s, const char *digest,
     return QD_OK;
 }
 
+qd_err qd_store_model_set_kind(struct qd_store *s, const char *digest, int kind,
+                               qd_error *err) {
+    if (!is_hex64(digest))
+        return qd_error_set(err, QD_ERR_INVALID_ARG, "model digest '%.80s' is not 64 "
+                            "lowercase hex chars", digest ? digest : "(null)");
+    sqlite3_stmt *st;
+    qd_err rc = prepare(s, "UPDATE models SET kind = ?1 WHERE digest = ?2 AND kind = 0", &st,
+                        err);
+    if (rc != QD_OK) return rc;
+    sqlite3_bind_int(st, 1, kind);
+    sqlite3_bind_text(st, 2, digest, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE) rc = db_error(s, "set model kind", err);
+    sqlite3_finalize(st);
+    int have = 0;
+    /* Not changed: either a kind is already recorded (fine) or there is no such row. */
+    if (rc == QD_OK) rc = qd_store_model_kind(s, digest, &have, err);
+    return rc;
+}
+
+qd_err qd_store_model_kind(struct qd_store *s, const char *digest, int *ret_kind,
+                           qd_error *err) {
+    if (!is_hex64(digest))
+        return qd_error_set(err, QD_ERR_INVALID_ARG, "model digest '%.80s' is not 64 "
+                            "lowercase hex chars", digest ? digest : "(null)");
+    sqlite3_stmt *st;
+    qd_err rc = prepare(s, "SELECT kind FROM models WHERE digest = ?1", &st, err);
+    if (rc != QD_OK) return rc;
+    sqlite3_bind_text(st, 1, digest, -1, SQLITE_STATIC);
+    int r = sqlite3_step(st);
+    if (r == SQLITE_ROW) *ret_kind = sqlite3_column_int(st, 0);
+    else if (r == SQLITE_DONE)
+        rc = qd_error_set(err, QD_ERR_NOT_FOUND, "model %s: not registered", digest);
+    else rc = db_error(s, "look up model kind", err);
+    sqlite3_finalize(st);
+    return rc;
+}
+
 /* ---- artifacts --------------------------------------------------------------------------- */
 
 #define ART_COLS "id, model_digest, spec_digest, numerics_version, format, job_id, " \
@@ -695,10 +757,92 @@ static qd_err check_staging_dir(struct qd_store *s, const char *dir, qd_error *e
     return QD_OK;
 }
 
+/* The regular files under dir, counted (to compare with a given list). */
+static qd_err count_files(const char *path, int depth, size_t *n, qd_error *err) {
+    struct stat st;
+    if (lstat(path, &st) != 0) return qd_error_set(err, QD_ERR_IO, "%s: %s", path, strerror(errno));
+    if (S_ISREG(st.st_mode)) {
+        (*n)++;
+        return QD_OK;
+    }
+    if (!S_ISDIR(st.st_mode) || depth > 16)
+        return qd_error_set(err, QD_ERR_INVALID_ARG, "%s: not a regular file or directory",
+                            path);
+    DIR *d = opendir(path);
+    if (!d) return qd_error_set(err, QD_ERR_IO, "%s: cannot list: %s", path, strerror(errno));
+    struct dirent *de;
+    qd_err rc = QD_OK;
+    char child[PATH_MAX];
+    while (rc == QD_OK && (de = readdir(d)) != NULL) {
+        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
+        rc = qd_path_join(child, sizeof child, path, de->d_name, err);
+        if (rc == QD_OK) rc = count_files(child, depth + 1, n, err);
+    }
+    closedir(d);
+    return rc;
+}
+
+/* files must list exactly the regular files of dir, with their sizes: names valid, sorted
+ * and unique (the manifest rules), each a regular file of that size, and as many as there
+ * are. */
+static qd_err check_listed(const char *dir, const struct qd_store_file *files, size_t n,
+                           qd_error *err) {
+    char hex[QD_STORE_HEX_LEN + 1], path[PATH_MAX];
+    qd_err rc = qd_store_manifest_digest(files, n, hex, err);
+    for (size_t i = 0; rc == QD_OK && i < n; i++) {
+        struct stat st;
+        rc = qd_path_join(path, sizeof path, dir, files[i].name, err);
+        if (rc == QD_OK && (lstat(path, &st) != 0 || !S_ISREG(st.st_mode) ||
+                            (uint64_t)st.st_size != files[i].size))
+            rc = qd_error_set(err, QD_ERR_INVALID_ARG, "publish: listed file '%s' is not a "
+                              "regular file of %" PRIu64 " bytes in %s", files[i].name,
+                              files[i].size, dir);
+    }
+    size_t found = 0;
+    if (rc == QD_OK) rc = count_files(dir, 0, &found, err);
+    if (rc == QD_OK && found != n)
+        rc = qd_error_set(err, QD_ERR_INVALID_ARG, "publish: %s holds %zu files but %zu are "
+                          "listed", dir, found, n);
+    if (rc != QD_OK) qd_error_prefix(err, "publish: ");
+    return rc;
+}
+
+static qd_err insert_files(struct qd_store *s, const char *id, const struct qd_store_file *files,
+                           size_t n, qd_error *err) {
+    sqlite3_stmt *st;
+    qd_err rc = prepare(s, "INSERT INTO artifact_files(artifact_id, idx, name, size, sha256) "
+                           "VALUES (?1, ?2, ?3, ?4, ?5)", &st, err);
+    for (size_t i = 0; rc == QD_OK && i < n; i++) {
+        if (files[i].size > (uint64_t)INT64_MAX) {
+            rc = qd_error_set(err, QD_ERR_TOO_LARGE, "artifact %s: file '%s' too large", id,
+                              files[i].name);
+            break;
+        }
+        sqlite3_reset(st);
+        sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 2, (int64_t)i);
+        sqlite3_bind_text(st, 3, files[i].name, -1, SQLITE_STATIC);
+        sqlite3_bind_int64(st, 4, (int64_t)files[i].size);
+        sqlite3_bind_text(st, 5, files[i].sha256, -1, SQLITE_STATIC);
+        if (sqlite3_step(st) != SQLITE_DONE) rc = db_error(s, "insert artifact file", err);
+    }
+    if (st) sqlite3_finalize(st);
+    return rc;
+}
+
 qd_err qd_store_artifact_publish(struct qd_store *s, const char *staging_dir,
                                  const struct qd_store_key *key, const char *format,
                                  const char *job_id, struct qd_store_artifact *ret_art,
                                  qd_error *err) {
+    struct qd_store_publish p = {.staging_dir = staging_dir, .key = key, .format = format,
+                                 .job_id = job_id};
+    return qd_store_artifact_publish_ex(s, &p, ret_art, err);
+}
+
+qd_err qd_store_artifact_publish_ex(struct qd_store *s, const struct qd_store_publish *p,
+                                    struct qd_store_artifact *ret_art, qd_error *err) {
+    const char *staging_dir = p->staging_dir, *format = p->format, *job_id = p->job_id;
+    const struct qd_store_key *key = p->key;
     qd_err rc = check_key(key, err);
     if (rc == QD_OK) rc = check_staging_dir(s, staging_dir, err);
     if (rc != QD_OK) return rc;
@@ -714,6 +858,17 @@ qd_err qd_store_artifact_publish(struct qd_store *s, const char *staging_dir,
         return qd_error_set(err, QD_ERR_EXISTS, "publish: the cache key (%s, %s, %s) already "
                             "has artifact %s", key->model_digest, key->spec_digest,
                             key->numerics_version, a.id);
+    /* The manifest first: the directory must be exactly what the list says. */
+    struct qd_store_file *own = NULL;
+    size_t n_files = p->n_files;
+    const struct qd_store_file *files = p->files;
+    if (files) {
+        rc = check_listed(staging_dir, files, n_files, err);
+    } else {
+        rc = qd_store_hash_tree(staging_dir, &own, &n_files, err);
+        files = own;
+    }
+    if (rc != QD_OK) goto done;
     memset(&a, 0, sizeof a);
     a.key = *key;
     snprintf(a.format, sizeof a.format, "%s", format);
@@ -725,12 +880,14 @@ qd_err qd_store_artifact_publish(struct qd_store *s, const char *staging_dir,
     if (rc == QD_OK) rc = new_id(a.id, err);
     char dest[PATH_MAX];
     if (rc == QD_OK) rc = qd_store_artifact_dir(s, a.id, dest, sizeof dest, err);
-    if (rc != QD_OK) return rc;
+    if (rc != QD_OK) goto done;
     a.total_bytes = total;
     a.created_ms = a.last_used_ms = now_ms(s);
-    if (rename(staging_dir, dest) != 0)
-        return qd_error_set(err, QD_ERR_IO, "publish: cannot rename %s to %s: %s",
-                            staging_dir, dest, strerror(errno));
+    if (rename(staging_dir, dest) != 0) {
+        rc = qd_error_set(err, QD_ERR_IO, "publish: cannot rename %s to %s: %s",
+                          staging_dir, dest, strerror(errno));
+        goto done;
+    }
     /* Both parents (staging/ and artifacts/) are synced, so the rename is durable before
      * the row that lists it. */
     char parent[PATH_MAX];
@@ -739,9 +896,10 @@ qd_err qd_store_artifact_publish(struct qd_store *s, const char *staging_dir,
     if (rc == QD_OK) rc = qd_path_join(parent, sizeof parent, s->data_dir, "staging", err);
     if (rc == QD_OK) rc = qd_fsync_dir(parent, err);
     sqlite3_stmt *st = NULL;
+    if (rc == QD_OK) rc = exec(s, "BEGIN IMMEDIATE", err);
     if (rc == QD_OK)
-        rc = prepare(s, "INSERT INTO artifacts(" ART_COLS ") VALUES "
-                        "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)", &st, err);
+        rc = prepare(s, "INSERT INTO artifacts(" ART_COLS ", spec_json) VALUES "
+                        "(?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10)", &st, err);
     if (rc == QD_OK) {
         sqlite3_bind_text(st, 1, a.id, -1, SQLITE_STATIC);
         bind_key(st, 2, key);
@@ -750,17 +908,108 @@ qd_err qd_store_artifact_publish(struct qd_store *s, const char *staging_dir,
         sqlite3_bind_int64(st, 7, (int64_t)total);
         sqlite3_bind_int64(st, 8, a.created_ms);
         sqlite3_bind_int64(st, 9, a.last_used_ms);
+        sqlite3_bind_text(st, 10, p->spec_json ? p->spec_json : "", -1, SQLITE_STATIC);
         if (sqlite3_step(st) != SQLITE_DONE) rc = db_error(s, "insert artifact", err);
     }
     sqlite3_finalize(st);
+    if (rc == QD_OK) rc = insert_files(s, a.id, files, n_files, err);
+    if (rc == QD_OK) rc = exec(s, "COMMIT", err);
     if (rc != QD_OK) {
+        rollback(s);
         /* Put the output back where the caller left it; failing that, drop it (an
          * unlisted directory would be removed at the next open anyway). */
         if (rename(dest, staging_dir) != 0) (void)qd_remove_tree(dest, NULL);
-        return rc;
+        goto done;
     }
     if (ret_art) *ret_art = a;
+done:
+    qd_store_files_free(own, own ? n_files : 0);
+    return rc;
+}
+
+static qd_err read_files(struct qd_store *s, const char *id, struct qd_store_file **ret_files,
+                         size_t *ret_n, qd_error *err) {
+    sqlite3_stmt *st;
+    qd_err rc = prepare(s, "SELECT name, size, sha256 FROM artifact_files WHERE artifact_id = ?1 "
+                           "ORDER BY idx", &st, err);
+    if (rc != QD_OK) return rc;
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    struct qd_store_file *files = NULL;
+    size_t n = 0;
+    int r;
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        void *np = realloc(files, (n + 1) * sizeof *files);
+        if (!np) break;
+        files = np;
+        memset(&files[n], 0, sizeof files[n]);
+        const char *name = (const char *)sqlite3_column_text(st, 0);
+        files[n].name = strdup(name ? name : "");
+        files[n].size = (uint64_t)sqlite3_column_int64(st, 1);
+        copy_str(files[n].sha256, sizeof files[n].sha256, sqlite3_column_text(st, 2));
+        if (!files[n++].name) break;
+    }
+    if (r == SQLITE_ROW) rc = qd_error_set(err, QD_ERR_NOMEM, "artifact %s: out of memory", id);
+    else if (r != SQLITE_DONE) rc = db_error(s, "list artifact files", err);
+    sqlite3_finalize(st);
+    if (rc != QD_OK) {
+        qd_store_files_free(files, n);
+        return rc;
+    }
+    *ret_files = files;
+    *ret_n = n;
     return QD_OK;
+}
+
+qd_err qd_store_artifact_files(struct qd_store *s, const char *id,
+                               struct qd_store_file **ret_files, size_t *ret_n, qd_error *err) {
+    struct qd_store_artifact a;
+    qd_err rc = qd_store_artifact_get(s, id, &a, err);
+    struct qd_store_file *files = NULL;
+    size_t n = 0;
+    if (rc == QD_OK) rc = read_files(s, id, &files, &n, err);
+    if (rc != QD_OK) return rc;
+    if (n == 0) {
+        /* Published under schema 1: hash it now, once. */
+        char dir[PATH_MAX];
+        free(files);
+        files = NULL;
+        rc = qd_store_artifact_dir(s, id, dir, sizeof dir, err);
+        if (rc == QD_OK) rc = qd_store_hash_tree(dir, &files, &n, err);
+        if (rc == QD_OK) rc = exec(s, "BEGIN IMMEDIATE", err);
+        if (rc == QD_OK) rc = insert_files(s, id, files, n, err);
+        if (rc == QD_OK) rc = exec(s, "COMMIT", err);
+        if (rc != QD_OK) {
+            rollback(s);
+            qd_store_files_free(files, n);
+            return rc;
+        }
+    }
+    *ret_files = files;
+    *ret_n = n;
+    return QD_OK;
+}
+
+qd_err qd_store_artifact_spec(struct qd_store *s, const char *id, char **ret_json,
+                              qd_error *err) {
+    qd_err rc = check_id("artifact", id, err);
+    sqlite3_stmt *st;
+    if (rc == QD_OK) rc = prepare(s, "SELECT spec_json FROM artifacts WHERE id = ?1", &st, err);
+    if (rc != QD_OK) return rc;
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    int r = sqlite3_step(st);
+    char *json = NULL;
+    if (r == SQLITE_ROW) {
+        const char *t = (const char *)sqlite3_column_text(st, 0);
+        if (!(json = strdup(t ? t : "")))
+            rc = qd_error_set(err, QD_ERR_NOMEM, "artifact %s: out of memory", id);
+    } else if (r == SQLITE_DONE) {
+        rc = qd_error_set(err, QD_ERR_NOT_FOUND, "artifact %s: not found", id);
+    } else {
+        rc = db_error(s, "look up artifact", err);
+    }
+    sqlite3_finalize(st);
+    if (rc == QD_OK) *ret_json = json;
+    return rc;
 }
 
 static qd_err get_one(struct qd_store *s, sqlite3_stmt *st, const char *what,
@@ -963,7 +1212,7 @@ static enum qd_store_job_state parse_state(const unsigned char *t) {
 }
 
 #define JOB_COLS "id, model_digest, spec_digest, numerics_version, state, attempts, error, " \
-                 "artifact_id, created_ms, started_ms, finished_ms"
+                 "artifact_id, created_ms, started_ms, finished_ms, cache_hit, error_code"
 
 static void read_job(sqlite3_stmt *st, struct qd_store_job *j) {
     memset(j, 0, sizeof *j);
@@ -979,29 +1228,106 @@ static void read_job(sqlite3_stmt *st, struct qd_store_job *j) {
     j->created_ms = sqlite3_column_int64(st, 8);
     j->started_ms = sqlite3_column_int64(st, 9);
     j->finished_ms = sqlite3_column_int64(st, 10);
+    j->cache_hit = sqlite3_column_int(st, 11) != 0;
+    copy_str(j->error_code, sizeof j->error_code, sqlite3_column_text(st, 12));
 }
 
 qd_err qd_store_job_add(struct qd_store *s, const struct qd_store_key *key,
                         struct qd_store_job *ret_job, qd_error *err) {
+    if (!key) return qd_error_set(err, QD_ERR_INVALID_ARG, "cache key missing");
+    struct qd_store_job_new nj = {.key = *key, .spec_json = ""};
+    return qd_store_job_add_ex(s, &nj, ret_job, err);
+}
+
+qd_err qd_store_job_add_ex(struct qd_store *s, const struct qd_store_job_new *nj,
+                           struct qd_store_job *ret_job, qd_error *err) {
     struct qd_store_job j;
     memset(&j, 0, sizeof j);
-    qd_err rc = check_key(key, err);
+    qd_err rc = check_key(&nj->key, err);
+    if (rc == QD_OK && !nj->spec_json)
+        rc = qd_error_set(err, QD_ERR_INVALID_ARG, "job: spec_json missing");
+    if (rc == QD_OK && nj->cache_hit) rc = check_id("artifact", nj->artifact_id, err);
     if (rc == QD_OK) rc = new_id(j.id, err);
     sqlite3_stmt *st;
     if (rc == QD_OK)
         rc = prepare(s, "INSERT INTO jobs(id, model_digest, spec_digest, numerics_version, "
-                        "state, created_ms) VALUES (?1, ?2, ?3, ?4, 'queued', ?5)", &st, err);
+                        "state, created_ms, spec_json, model_path, label, cache_hit, "
+                        "artifact_id, started_ms, finished_ms) "
+                        "VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?12)",
+                     &st, err);
     if (rc != QD_OK) return rc;
-    j.key = *key;
-    j.state = QD_STORE_JOB_QUEUED;
+    j.key = nj->key;
+    j.state = nj->cache_hit ? QD_STORE_JOB_SUCCEEDED : QD_STORE_JOB_QUEUED;
     j.created_ms = now_ms(s);
+    j.cache_hit = nj->cache_hit;
+    if (nj->cache_hit) {
+        snprintf(j.artifact_id, sizeof j.artifact_id, "%s", nj->artifact_id);
+        j.started_ms = j.finished_ms = j.created_ms;
+    }
     sqlite3_bind_text(st, 1, j.id, -1, SQLITE_STATIC);
-    bind_key(st, 2, key);
-    sqlite3_bind_int64(st, 5, j.created_ms);
+    bind_key(st, 2, &nj->key);
+    sqlite3_bind_text(st, 5, qd_store_job_state_name(j.state), -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 6, j.created_ms);
+    sqlite3_bind_text(st, 7, nj->spec_json, -1, SQLITE_TRANSIENT);
+    if (nj->model_path) sqlite3_bind_text(st, 8, nj->model_path, -1, SQLITE_TRANSIENT);
+    else sqlite3_bind_null(st, 8);
+    if (nj->label) sqlite3_bind_text(st, 9, nj->label, -1, SQLITE_TRANSIENT);
+    else sqlite3_bind_null(st, 9);
+    sqlite3_bind_int(st, 10, nj->cache_hit ? 1 : 0);
+    sqlite3_bind_text(st, 11, j.artifact_id, -1, SQLITE_STATIC);
+    sqlite3_bind_int64(st, 12, j.started_ms);
     if (sqlite3_step(st) != SQLITE_DONE) rc = db_error(s, "insert job", err);
     sqlite3_finalize(st);
     if (rc == QD_OK && ret_job) *ret_job = j;
     return rc;
+}
+
+static qd_err dup_column(sqlite3_stmt *st, int col, bool null_ok, char **out) {
+    if (null_ok && sqlite3_column_type(st, col) == SQLITE_NULL) {
+        *out = NULL;
+        return QD_OK;
+    }
+    const char *t = (const char *)sqlite3_column_text(st, col);
+    *out = strdup(t ? t : "");
+    return *out ? QD_OK : QD_ERR_NOMEM;
+}
+
+qd_err qd_store_job_text_get(struct qd_store *s, const char *id, struct qd_store_job_text *ret,
+                             qd_error *err) {
+    qd_err rc = check_id("job", id, err);
+    sqlite3_stmt *st;
+    if (rc == QD_OK)
+        rc = prepare(s, "SELECT spec_json, model_path, label FROM jobs WHERE id = ?1", &st,
+                     err);
+    if (rc != QD_OK) return rc;
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    struct qd_store_job_text t = {0};
+    int r = sqlite3_step(st);
+    if (r == SQLITE_ROW) {
+        if (dup_column(st, 0, false, &t.spec_json) != QD_OK ||
+            dup_column(st, 1, true, &t.model_path) != QD_OK ||
+            dup_column(st, 2, true, &t.label) != QD_OK)
+            rc = qd_error_set(err, QD_ERR_NOMEM, "job %s: out of memory", id);
+    } else if (r == SQLITE_DONE) {
+        rc = qd_error_set(err, QD_ERR_NOT_FOUND, "job %s: not found", id);
+    } else {
+        rc = db_error(s, "look up job", err);
+    }
+    sqlite3_finalize(st);
+    if (rc != QD_OK) {
+        qd_store_job_text_free(&t);
+        return rc;
+    }
+    *ret = t;
+    return QD_OK;
+}
+
+void qd_store_job_text_free(struct qd_store_job_text *t) {
+    if (!t) return;
+    free(t->spec_json);
+    free(t->model_path);
+    free(t->label);
+    memset(t, 0, sizeof *t);
 }
 
 qd_err qd_store_job_get(struct qd_store *s, const char *id, struct qd_store_job *ret_job,
@@ -1032,6 +1358,12 @@ static bool transition_ok(enum qd_store_job_state from, enum qd_store_job_state 
 qd_err qd_store_job_set_state(struct qd_store *s, const char *id,
                               enum qd_store_job_state state, const char *error,
                               const char *artifact_id, qd_error *err) {
+    return qd_store_job_set_state_ex(s, id, state, NULL, error, artifact_id, err);
+}
+
+qd_err qd_store_job_set_state_ex(struct qd_store *s, const char *id,
+                                 enum qd_store_job_state state, const char *error_code,
+                                 const char *error, const char *artifact_id, qd_error *err) {
     struct qd_store_job j;
     qd_err rc = qd_store_job_get(s, id, &j, err);
     if (rc != QD_OK) return rc;
@@ -1047,7 +1379,11 @@ qd_err qd_store_job_set_state(struct qd_store *s, const char *id,
     } else {
         artifact_id = "";
     }
-    if (state != QD_STORE_JOB_FAILED && state != QD_STORE_JOB_CANCELLED) error = "";
+    if (state != QD_STORE_JOB_FAILED && state != QD_STORE_JOB_CANCELLED) error = error_code = "";
+    if (!error_code) error_code = "";
+    if (strlen(error_code) >= QD_STORE_JOB_CODE_MAX)
+        return qd_error_set(err, QD_ERR_INVALID_ARG, "job %s: error code '%.40s' too long", id,
+                            error_code);
     int64_t t = now_ms(s);
     sqlite3_stmt *st;
     /* The WHERE on the old state makes the transition a compare-and-set. */
@@ -1055,7 +1391,8 @@ qd_err qd_store_job_set_state(struct qd_store *s, const char *id,
                     "attempts = attempts + (?1 = 'running'), "
                     "started_ms = CASE WHEN ?1 = 'running' THEN ?4 ELSE started_ms END, "
                     "finished_ms = CASE WHEN ?1 IN ('succeeded','failed','cancelled') "
-                    "  THEN ?4 ELSE finished_ms END "
+                    "  THEN ?4 ELSE finished_ms END, "
+                    "error_code = ?7 "
                     "WHERE id = ?5 AND state = ?6", &st, err);
     if (rc != QD_OK) return rc;
     sqlite3_bind_text(st, 1, qd_store_job_state_name(state), -1, SQLITE_STATIC);
@@ -1064,6 +1401,7 @@ qd_err qd_store_job_set_state(struct qd_store *s, const char *id,
     sqlite3_bind_int64(st, 4, t);
     sqlite3_bind_text(st, 5, id, -1, SQLITE_STATIC);
     sqlite3_bind_text(st, 6, qd_store_job_state_name(j.state), -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 7, error_code, -1, SQLITE_TRANSIENT);
     if (sqlite3_step(st) != SQLITE_DONE) rc = db_error(s, "update job", err);
     else if (sqlite3_changes(s->db) != 1)
         rc = qd_error_set(err, QD_ERR_PRECONDITION, "job %s: changed state meanwhile", id);
@@ -1098,5 +1436,97 @@ qd_err qd_store_job_list(struct qd_store *s, enum qd_store_job_state state,
     }
     *ret_jobs = jobs;
     *ret_n = n;
+    return QD_OK;
+}
+
+qd_err qd_store_job_requeue(struct qd_store *s, const char *id, qd_error *err) {
+    qd_err rc = check_id("job", id, err);
+    sqlite3_stmt *st;
+    if (rc == QD_OK)
+        rc = prepare(s, "UPDATE jobs SET state = 'queued', started_ms = 0, "
+                        "attempts = MAX(attempts - 1, 0) WHERE id = ?1 AND state = 'running'",
+                     &st, err);
+    if (rc != QD_OK) return rc;
+    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE) rc = db_error(s, "re-queue job", err);
+    else if (sqlite3_changes(s->db) != 1)
+        rc = qd_error_set(err, QD_ERR_PRECONDITION, "job %s: not running, cannot re-queue", id);
+    sqlite3_finalize(st);
+    return rc;
+}
+
+qd_err qd_store_job_query(struct qd_store *s, unsigned state_mask, const char *model_digest,
+                          const char *after_id, size_t limit, struct qd_store_job **ret_jobs,
+                          size_t *ret_n, bool *ret_more, qd_error *err) {
+    if (limit == 0 || limit > 100000)
+        return qd_error_set(err, QD_ERR_INVALID_ARG, "job list: limit %zu out of range 1..100000",
+                            limit);
+    if (model_digest && !is_hex64(model_digest))
+        return qd_error_set(err, QD_ERR_INVALID_ARG, "model_digest '%.80s' is not 64 lowercase "
+                            "hex chars", model_digest);
+    int64_t after_created = INT64_MAX, after_rowid = INT64_MAX;
+    sqlite3_stmt *st;
+    qd_err rc = QD_OK;
+    if (after_id) {
+        rc = check_id("job", after_id, err);
+        if (rc == QD_OK) rc = prepare(s, "SELECT created_ms, rowid FROM jobs WHERE id = ?1", &st,
+                                      err);
+        if (rc != QD_OK) return rc;
+        sqlite3_bind_text(st, 1, after_id, -1, SQLITE_STATIC);
+        int r = sqlite3_step(st);
+        if (r == SQLITE_ROW) {
+            after_created = sqlite3_column_int64(st, 0);
+            after_rowid = sqlite3_column_int64(st, 1);
+        } else if (r == SQLITE_DONE) {
+            rc = qd_error_set(err, QD_ERR_NOT_FOUND, "job %s: not found (page token)", after_id);
+        } else {
+            rc = db_error(s, "look up job", err);
+        }
+        sqlite3_finalize(st);
+        if (rc != QD_OK) return rc;
+    }
+    /* States as a set of names: ?1 .. ?5 hold a name, or NULL when not wanted. */
+    rc = prepare(s, "SELECT " JOB_COLS " FROM jobs "
+                    "WHERE (?6 IS NULL OR model_digest = ?6) "
+                    "AND (?9 = 0 OR state IN (?1, ?2, ?3, ?4, ?5)) "
+                    "AND (created_ms < ?7 OR (created_ms = ?7 AND rowid < ?8)) "
+                    "ORDER BY created_ms DESC, rowid DESC LIMIT ?10", &st, err);
+    if (rc != QD_OK) return rc;
+    for (int i = 0; i < QD_STORE_JOB_COUNT; i++) {
+        if (state_mask & (1u << i))
+            sqlite3_bind_text(st, i + 1, JOB_STATE_NAMES[i], -1, SQLITE_STATIC);
+        else
+            sqlite3_bind_null(st, i + 1);
+    }
+    if (model_digest) sqlite3_bind_text(st, 6, model_digest, -1, SQLITE_STATIC);
+    else sqlite3_bind_null(st, 6);
+    sqlite3_bind_int64(st, 7, after_created);
+    sqlite3_bind_int64(st, 8, after_rowid);
+    sqlite3_bind_int(st, 9, state_mask ? 1 : 0);
+    sqlite3_bind_int64(st, 10, (int64_t)limit + 1); /* one more tells whether more follow */
+    struct qd_store_job *jobs = NULL;
+    size_t n = 0;
+    bool more = false;
+    int r;
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        if (n == limit) {
+            more = true;
+            continue;
+        }
+        void *p = realloc(jobs, (n + 1) * sizeof *jobs);
+        if (!p) break;
+        jobs = p;
+        read_job(st, &jobs[n++]);
+    }
+    if (r == SQLITE_ROW) rc = qd_error_set(err, QD_ERR_NOMEM, "list jobs: out of memory");
+    else if (r != SQLITE_DONE) rc = db_error(s, "list jobs", err);
+    sqlite3_finalize(st);
+    if (rc != QD_OK) {
+        free(jobs);
+        return rc;
+    }
+    *ret_jobs = jobs;
+    *ret_n = n;
+    if (ret_more) *ret_more = more;
     return QD_OK;
 }

@@ -24,8 +24,19 @@
  * Threads: a qd_store is NOT thread-safe. The daemon calls it from one thread (or under one
  * lock); workers reach it only through the daemon.
  *
+ * Exception: the blob functions (qd_store_blob_*, qd_store_hash_file) touch no SQLite and no
+ * mutable state of the qd_store, only files named by the sha256. They may run without the
+ * daemon's lock as long as each blob has one writer at a time (the daemon lets one upload
+ * stream hold a blob while it appends and finishes it).
+ *
  * Digests (sha256 of blobs, model/manifest digests, spec digests) are 64 lowercase hex chars;
  * every function that takes one checks it (QD_ERR_INVALID_ARG naming the field otherwise).
+ *
+ * Schema history (PRAGMA user_version):
+ *   1  models, model_files, artifacts, jobs
+ *   2  models.kind; jobs.{spec_json, model_path, label, error_code, cache_hit}: what a job
+ *      needs to run again after a restart and to be shown; artifacts.spec_json; the
+ *      artifact_files table (each artifact file's name, size and sha256, computed once)
  */
 #ifndef QD_STORE_H
 #define QD_STORE_H
@@ -40,7 +51,7 @@
 #define QD_STORE_ID_LEN 32            /* artifact and job ids: 16 random bytes in hex */
 #define QD_STORE_VERSION_MAX 64       /* numerics version, with its NUL */
 #define QD_STORE_FORMAT_MAX 48        /* artifact format registry name, with its NUL */
-#define QD_STORE_SCHEMA_VERSION 1     /* PRAGMA user_version this code writes */
+#define QD_STORE_SCHEMA_VERSION 2     /* PRAGMA user_version this code writes */
 
 struct qd_store;
 
@@ -101,6 +112,11 @@ qd_err qd_store_blob_path(struct qd_store *s, const char *sha256, char *buf, siz
 /* Open a complete blob read-only; the caller closes *ret_fd. */
 qd_err qd_store_blob_open(struct qd_store *s, const char *sha256, int *ret_fd,
                           uint64_t *ret_size, qd_error *err);
+/* Bytes held in blobs/ (complete blobs; uploads in progress are not counted). */
+qd_err qd_store_blob_total(struct qd_store *s, uint64_t *ret_bytes, qd_error *err);
+/* sha256 (lowercase hex) and size of the regular file at path, streamed. */
+qd_err qd_store_hash_file(const char *path, char ret_hex[QD_STORE_HEX_LEN + 1],
+                          uint64_t *ret_size, qd_error *err);
 
 /* ---- model manifests ----------------------------------------------------------------------
  * A bundle (model or calibration set) is named by its manifest digest: the rule in
@@ -126,6 +142,13 @@ qd_err qd_store_model_files(struct qd_store *s, const char *digest,
                             struct qd_store_file **ret_files, size_t *ret_n, qd_error *err);
 /* Free an array from qd_store_model_files (accepts NULL). */
 void qd_store_files_free(struct qd_store_file *files, size_t n_files);
+/* What a bundle holds, as the first upload said (quantd.v1.BundleKind: 1 model, 2
+ * calibration; 0 unknown). set_kind records kind only while none is recorded, so the first
+ * upload decides; QD_ERR_NOT_FOUND for a manifest never registered. */
+qd_err qd_store_model_set_kind(struct qd_store *s, const char *digest, int kind,
+                               qd_error *err);
+qd_err qd_store_model_kind(struct qd_store *s, const char *digest, int *ret_kind,
+                           qd_error *err);
 
 /* ---- artifacts and the cache --------------------------------------------------------------
  * The cache key is (model digest, spec digest, numerics version); at most one artifact per
@@ -157,6 +180,35 @@ qd_err qd_store_artifact_publish(struct qd_store *s, const char *staging_dir,
                                  const struct qd_store_key *key, const char *format,
                                  const char *job_id, struct qd_store_artifact *ret_art,
                                  qd_error *err);
+/* Publish with what schema 2 records besides: the spec that made the artifact (its canonical
+ * JSON, may be NULL) and the artifact's files with their sha256, sorted by name. files NULL:
+ * the store hashes the directory itself (under the caller's lock: slow for big artifacts, so
+ * the daemon hashes before it takes the lock). A given list must name exactly the regular
+ * files of staging_dir with their sizes (QD_ERR_INVALID_ARG otherwise); the sha256s are
+ * trusted. */
+struct qd_store_publish {
+    const char *staging_dir;
+    const struct qd_store_key *key;
+    const char *format;
+    const char *job_id;                  /* NULL or "" if none */
+    const char *spec_json;               /* NULL or "" if none */
+    const struct qd_store_file *files;   /* NULL: hash staging_dir */
+    size_t n_files;
+};
+qd_err qd_store_artifact_publish_ex(struct qd_store *s, const struct qd_store_publish *p,
+                                    struct qd_store_artifact *ret_art, qd_error *err);
+/* Every regular file of a directory tree, sorted by name ('/'-separated paths relative to
+ * dir), with sizes and sha256s; free with qd_store_files_free. Anything but regular files
+ * and directories is refused (QD_ERR_INVALID_ARG naming it). */
+qd_err qd_store_hash_tree(const char *dir, struct qd_store_file **ret_files, size_t *ret_n,
+                          qd_error *err);
+/* An artifact's files, sorted by name, with sha256; free with qd_store_files_free. Artifacts
+ * published before schema 2 have no recorded list: it is computed and recorded on first use. */
+qd_err qd_store_artifact_files(struct qd_store *s, const char *id,
+                               struct qd_store_file **ret_files, size_t *ret_n, qd_error *err);
+/* The canonical spec JSON recorded at publish (malloc'd; "" when none was recorded). */
+qd_err qd_store_artifact_spec(struct qd_store *s, const char *id, char **ret_json,
+                              qd_error *err);
 /* The artifact of a cache key (QD_ERR_NOT_FOUND if none); a hit sets last_used to now. */
 qd_err qd_store_artifact_lookup(struct qd_store *s, const struct qd_store_key *key,
                                 struct qd_store_artifact *ret_art, qd_error *err);
@@ -186,8 +238,11 @@ qd_err qd_store_evict(struct qd_store *s, uint64_t limit_bytes, int *ret_n_evict
 /* ---- jobs ---------------------------------------------------------------------------------
  *
  *   QUEUED --start--> RUNNING --finish--> SUCCEEDED | FAILED | CANCELLED
- *     |                  |
+ *     |  ^               |
+ *     |  +---requeue-----+        (the daemon stopped it: a drain at shutdown)
  *     +----cancel--------+--> CANCELLED
+ *
+ *   A request the cache answered is recorded as a job born SUCCEEDED (cache_hit).
  *
  *   At open, RUNNING jobs (a restart interrupted them) go back to QUEUED, or to FAILED with
  *   "interrupted by a restart" once they have started QD_STORE_JOB_MAX_ATTEMPTS times (so a
@@ -205,11 +260,15 @@ enum qd_store_job_state {
     QD_STORE_JOB_COUNT
 };
 
+#define QD_STORE_JOB_CODE_MAX 32
+
 struct qd_store_job {
     char id[QD_STORE_ID_LEN + 1];
     struct qd_store_key key;
     enum qd_store_job_state state;
     int attempts;                        /* times it entered RUNNING */
+    bool cache_hit;                      /* answered from the cache: born SUCCEEDED */
+    char error_code[QD_STORE_JOB_CODE_MAX]; /* FAILED/CANCELLED: qd_err_name(); may be "" */
     char error[QD_STORE_JOB_ERROR_MAX];  /* FAILED/CANCELLED: why; "" otherwise */
     char artifact_id[QD_STORE_ID_LEN + 1];
     int64_t created_ms;
@@ -232,5 +291,47 @@ qd_err qd_store_job_set_state(struct qd_store *s, const char *id,
 /* Jobs in one state, oldest first (the queue order for QUEUED); free(*ret_jobs). */
 qd_err qd_store_job_list(struct qd_store *s, enum qd_store_job_state state,
                          struct qd_store_job **ret_jobs, size_t *ret_n, qd_error *err);
+
+/* ---- jobs, schema 2: what a job needs to run again after a restart ----------------------- */
+
+/* A new job. spec_json: the resolved spec's canonical JSON (required); model_path: the
+ * server-side directory of a by-path request (NULL otherwise); label: free text (NULL for
+ * none). cache_hit: record a request the cache answered, born SUCCEEDED with artifact_id
+ * (it never runs); otherwise the job is QUEUED. */
+struct qd_store_job_new {
+    struct qd_store_key key;
+    const char *spec_json;
+    const char *model_path;
+    const char *label;
+    bool cache_hit;
+    const char *artifact_id;
+};
+qd_err qd_store_job_add_ex(struct qd_store *s, const struct qd_store_job_new *nj,
+                           struct qd_store_job *ret_job, qd_error *err);
+/* The texts of a job (each malloc'd; model_path and label NULL when the job has none;
+ * spec_json "" for a job added before schema 2). Free with qd_store_job_text_free. */
+struct qd_store_job_text {
+    char *spec_json;
+    char *model_path;
+    char *label;
+};
+qd_err qd_store_job_text_get(struct qd_store *s, const char *id, struct qd_store_job_text *ret,
+                             qd_error *err);
+void qd_store_job_text_free(struct qd_store_job_text *t); /* accepts a zeroed struct */
+/* qd_store_job_set_state with the error's code (qd_err_name(); NULL = ""), kept like error. */
+qd_err qd_store_job_set_state_ex(struct qd_store *s, const char *id,
+                                 enum qd_store_job_state state, const char *error_code,
+                                 const char *error, const char *artifact_id, qd_error *err);
+/* RUNNING -> QUEUED for a job the daemon stopped itself (a drain at shutdown): started_ms is
+ * cleared and the start is not counted as an attempt, so jobs drained at every restart are
+ * never failed as crash loops. QD_ERR_PRECONDITION unless RUNNING. */
+qd_err qd_store_job_requeue(struct qd_store *s, const char *id, qd_error *err);
+/* A page of jobs, newest first (created_ms, then insertion order). state_mask: bit (1 << st)
+ * for each state wanted (0 = all); model_digest: filter (NULL = any); after_id: start after
+ * this job (NULL = from the newest; QD_ERR_NOT_FOUND if it does not exist); at most limit
+ * (>= 1) jobs into *ret_jobs (free()); *ret_more says whether more follow. */
+qd_err qd_store_job_query(struct qd_store *s, unsigned state_mask, const char *model_digest,
+                          const char *after_id, size_t limit, struct qd_store_job **ret_jobs,
+                          size_t *ret_n, bool *ret_more, qd_error *err);
 
 #endif /* QD_STORE_H */

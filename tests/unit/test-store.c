@@ -1,8 +1,10 @@
 /*
- * test-store.c - the store: migrations, resumable verified blob uploads, the manifest digest
- * rule, the artifact registry and its cache key, startup cleanup, LRU eviction with pins, and
- * job recovery. Each test works in its own fresh data directory; "restarts" are a close and
- * a reopen of the store, which is what a daemon killed between two calls sees.
+ * test-store.c - the store: migrations (a schema 1 database opens and migrates to 2),
+ * resumable verified blob uploads, the manifest digest rule, the artifact registry and its
+ * cache key, artifact manifests, startup cleanup, LRU eviction with pins, job recovery, and
+ * what schema 2 records for jobs (spec, path, label, codes, re-queue, paging). Each test works
+ * in its own fresh data directory; "restarts" are a close and a reopen of the store, which is
+ * what a daemon killed between two calls sees.
  */
 #include <limits.h>
 #include <stdarg.h>
@@ -21,6 +23,9 @@
 #define SHA_EMPTY "e3b0c44298fc1c149afbf4c8996fb92427ae41e4649b934ca495991b7852b855"
 #define SHA_HELLO "5891b5b522d5df086d0ff0b110fbd9d21bb4fc7163af34d08286a2e846f6be03"
 #define SHA_X "2d711642b726b04401627ca9fbac32f5c8530fb1903cc4db02258717921a4881"
+/* printf '{}\n' | sha256sum, printf '0123456789' | sha256sum */
+#define SHA_BRACES "ca3d163bab055381827226140568f3bef7eaac187cebd76878e0b63e9e442356"
+#define SHA_DIGITS "84d89877f0d4041efb6bf91a16f0248f2fd573e6af05c19f96bedb9f882f7882"
 /* printf 'abcdefghij' | sha256sum */
 #define SHA_ABC "72399361da6a7754fec986dca5b7cbaf1c810a28ded4abaf56b2106d06cb78b0"
 
@@ -624,6 +629,255 @@ QD_TEST(job_states_and_recovery) {
     QD_CHECK_OK(qd_store_job_get(s, queued.id, &j, &err), &err);
     QD_CHECK_EQ_STR(j.error, "by alice");
     QD_CHECK_EQ_STR(qd_store_job_state_name(j.state), "cancelled");
+    check_integrity(s);
+    qd_store_close(s);
+    remove_dir(dir);
+}
+
+/* Schema 1, as quantd 0.1 wrote it: the fixture the migration must carry forward. */
+static const char SCHEMA_V1[] =
+    "CREATE TABLE models (digest TEXT PRIMARY KEY, created_ms INTEGER NOT NULL);"
+    "CREATE TABLE model_files (model_digest TEXT NOT NULL REFERENCES models(digest) ON DELETE "
+    "  CASCADE, idx INTEGER NOT NULL, name TEXT NOT NULL, size INTEGER NOT NULL CHECK (size >= "
+    "  0), sha256 TEXT NOT NULL, PRIMARY KEY (model_digest, idx));"
+    "CREATE TABLE artifacts (id TEXT PRIMARY KEY, model_digest TEXT NOT NULL, spec_digest TEXT "
+    "  NOT NULL, numerics_version TEXT NOT NULL, format TEXT NOT NULL, job_id TEXT NOT NULL "
+    "  DEFAULT '', total_bytes INTEGER NOT NULL CHECK (total_bytes >= 0), created_ms INTEGER "
+    "  NOT NULL, last_used_ms INTEGER NOT NULL, state TEXT NOT NULL DEFAULT 'ready' CHECK "
+    "  (state IN ('ready')), UNIQUE (model_digest, spec_digest, numerics_version));"
+    "CREATE INDEX artifacts_lru ON artifacts(last_used_ms, created_ms, id);"
+    "CREATE TABLE jobs (id TEXT PRIMARY KEY, model_digest TEXT NOT NULL, spec_digest TEXT NOT "
+    "  NULL, numerics_version TEXT NOT NULL, state TEXT NOT NULL CHECK (state IN ('queued', "
+    "  'running','succeeded','failed','cancelled')), attempts INTEGER NOT NULL DEFAULT 0, "
+    "  error TEXT NOT NULL DEFAULT '', artifact_id TEXT NOT NULL DEFAULT '', created_ms INTEGER "
+    "  NOT NULL, started_ms INTEGER NOT NULL DEFAULT 0, finished_ms INTEGER NOT NULL DEFAULT 0);"
+    "CREATE INDEX jobs_state ON jobs(state, created_ms);"
+    "INSERT INTO models VALUES ('" DIGEST_C "', 5);"
+    "INSERT INTO jobs(id, model_digest, spec_digest, numerics_version, state, created_ms) "
+    "  VALUES ('00000000000000000000000000000001', '" DIGEST_A "', '" DIGEST_B "', '1', "
+    "  'queued', 7);"
+    "INSERT INTO artifacts(id, model_digest, spec_digest, numerics_version, format, "
+    "  total_bytes, created_ms, last_used_ms) VALUES ('0000000000000000000000000000000a', '"
+    DIGEST_A "', '" DIGEST_B "', '1', 'awq', 13, 8, 8);"
+    "PRAGMA user_version = 1;";
+
+QD_TEST(schema_1_database_migrates) {
+    char dir[PATH_MAX], path[PATH_MAX], adir[PATH_MAX];
+    make_dir(dir, sizeof dir);
+    QD_REQUIRE(dir[0]);
+    fmt_path(path, sizeof path, "%s/quantd.db", dir);
+    sqlite3 *db = NULL;
+    QD_REQUIRE(sqlite3_open(path, &db) == SQLITE_OK);
+    QD_CHECK(sqlite3_exec(db, SCHEMA_V1, NULL, NULL, NULL) == SQLITE_OK);
+    sqlite3_close(db);
+    /* The artifact's directory, as schema 1 left it (no manifest recorded). */
+    fmt_path(adir, sizeof adir, "%s/artifacts/0000000000000000000000000000000a", dir);
+    QD_REQUIRE(qd_mkdir_p(adir, 0755, NULL) == QD_OK);
+    QD_CHECK(write_text(adir, "config.json", "{}\n") == 0);
+    QD_CHECK(write_text(adir, "z.bin", "0123456789") == 0);
+    QD_CHECK_EQ_INT(db_user_version(dir), 1);
+
+    qd_error err = {0};
+    struct qd_store *s = NULL;
+    QD_CHECK_OK(qd_store_open(dir, &s, &err), &err);
+    QD_REQUIRE(s);
+    QD_CHECK_EQ_INT(db_user_version(dir), 2);
+    check_integrity(s);
+    /* The old job: still queued, with empty schema 2 fields. */
+    struct qd_store_job j;
+    QD_CHECK_OK(qd_store_job_get(s, "00000000000000000000000000000001", &j, &err), &err);
+    QD_CHECK_EQ_INT(j.state, QD_STORE_JOB_QUEUED);
+    QD_CHECK_EQ_INT(j.created_ms, 7);
+    QD_CHECK(!j.cache_hit);
+    QD_CHECK_EQ_STR(j.error_code, "");
+    struct qd_store_job_text t = {0};
+    QD_CHECK_OK(qd_store_job_text_get(s, j.id, &t, &err), &err);
+    QD_CHECK_EQ_STR(t.spec_json, "");
+    QD_CHECK(t.model_path == NULL && t.label == NULL);
+    qd_store_job_text_free(&t);
+    /* The old model has no kind yet; the first to say one wins. */
+    int kind = -1;
+    QD_CHECK_OK(qd_store_model_kind(s, DIGEST_C, &kind, &err), &err);
+    QD_CHECK_EQ_INT(kind, 0);
+    QD_CHECK_OK(qd_store_model_set_kind(s, DIGEST_C, 2, &err), &err);
+    QD_CHECK_OK(qd_store_model_set_kind(s, DIGEST_C, 1, &err), &err);
+    QD_CHECK_OK(qd_store_model_kind(s, DIGEST_C, &kind, &err), &err);
+    QD_CHECK_EQ_INT(kind, 2);
+    QD_CHECK_EQ_INT(qd_store_model_set_kind(s, DIGEST_A, 1, &err), QD_ERR_NOT_FOUND);
+    qd_error_clear(&err);
+    /* The old artifact's manifest is computed on first use, then recorded. */
+    struct qd_store_file *files = NULL;
+    size_t n = 0;
+    QD_CHECK_OK(qd_store_artifact_files(s, "0000000000000000000000000000000a", &files, &n,
+                                        &err), &err);
+    QD_CHECK_EQ_INT(n, 2);
+    if (n == 2) {
+        QD_CHECK_EQ_STR(files[0].name, "config.json");
+        QD_CHECK_EQ_STR(files[0].sha256, SHA_BRACES);
+        QD_CHECK_EQ_STR(files[1].name, "z.bin");
+        QD_CHECK_EQ_STR(files[1].sha256, SHA_DIGITS);
+        QD_CHECK_EQ_INT(files[1].size, 10);
+    }
+    qd_store_files_free(files, n);
+    QD_REQUIRE(write_text(adir, "z.bin", "changed!!!") == 0); /* recorded: not re-hashed */
+    QD_CHECK_OK(qd_store_artifact_files(s, "0000000000000000000000000000000a", &files, &n,
+                                        &err), &err);
+    if (n == 2) QD_CHECK_EQ_STR(files[1].sha256, SHA_DIGITS);
+    qd_store_files_free(files, n);
+    char *json = NULL;
+    QD_CHECK_OK(qd_store_artifact_spec(s, "0000000000000000000000000000000a", &json, &err),
+                &err);
+    QD_CHECK_EQ_STR(json, "");
+    free(json);
+    qd_store_close(s);
+    remove_dir(dir);
+}
+
+QD_TEST(publish_with_manifest_and_spec) {
+    char dir[PATH_MAX];
+    make_dir(dir, sizeof dir);
+    QD_REQUIRE(dir[0]);
+    qd_error err = {0};
+    struct qd_store *s = NULL;
+    QD_CHECK_OK(qd_store_open(dir, &s, &err), &err);
+    QD_REQUIRE(s);
+    char stage[PATH_MAX], sub[PATH_MAX];
+    QD_CHECK_OK(qd_store_staging_new(s, stage, sizeof stage, &err), &err);
+    QD_CHECK(write_text(stage, "config.json", "{}\n") == 0);
+    fmt_path(sub, sizeof sub, "%s/tok", stage);
+    QD_CHECK(mkdir(sub, 0755) == 0);
+    QD_CHECK(write_text(sub, "t.json", "0123456789") == 0);
+
+    struct qd_store_file *files = NULL;
+    size_t n = 0;
+    QD_CHECK_OK(qd_store_hash_tree(stage, &files, &n, &err), &err);
+    QD_REQUIRE(n == 2);
+    QD_CHECK_EQ_STR(files[0].name, "config.json");
+    QD_CHECK_EQ_STR(files[1].name, "tok/t.json");
+    QD_CHECK_EQ_STR(files[1].sha256, SHA_DIGITS);
+
+    struct qd_store_key k = key_of(DIGEST_A, DIGEST_B, "1");
+    struct qd_store_publish p = {.staging_dir = stage, .key = &k, .format = "gptq",
+                                 .spec_json = "{\"bits\":4}", .files = files, .n_files = 1};
+    struct qd_store_artifact a;
+    /* A list that leaves a file out, or gets a size wrong, is refused; nothing moves. */
+    QD_CHECK_EQ_INT(qd_store_artifact_publish_ex(s, &p, &a, &err), QD_ERR_INVALID_ARG);
+    qd_error_clear(&err);
+    p.n_files = 2;
+    files[0].size++;
+    QD_CHECK_EQ_INT(qd_store_artifact_publish_ex(s, &p, &a, &err), QD_ERR_INVALID_ARG);
+    QD_CHECK_MSG(strstr(err.msg, "config.json"), "message: %s", err.msg);
+    qd_error_clear(&err);
+    files[0].size--;
+    QD_CHECK(qd_is_dir(stage));
+    QD_CHECK_OK(qd_store_artifact_publish_ex(s, &p, &a, &err), &err);
+    QD_CHECK_EQ_INT(a.total_bytes, 13);
+    struct qd_store_file *got = NULL;
+    size_t n_got = 0;
+    QD_CHECK_OK(qd_store_artifact_files(s, a.id, &got, &n_got, &err), &err);
+    QD_CHECK_EQ_INT(n_got, 2);
+    if (n_got == 2) QD_CHECK_EQ_STR(got[1].name, "tok/t.json");
+    qd_store_files_free(got, n_got);
+    char *json = NULL;
+    QD_CHECK_OK(qd_store_artifact_spec(s, a.id, &json, &err), &err);
+    QD_CHECK_EQ_STR(json, "{\"bits\":4}");
+    free(json);
+    /* Deleting the artifact drops its manifest with it. */
+    QD_CHECK_OK(qd_store_artifact_delete(s, a.id, &err), &err);
+    QD_CHECK_EQ_INT(qd_store_artifact_files(s, a.id, &got, &n_got, &err), QD_ERR_NOT_FOUND);
+    qd_error_clear(&err);
+    qd_store_files_free(files, n);
+    check_integrity(s);
+    qd_store_close(s);
+    remove_dir(dir);
+}
+
+QD_TEST(job_texts_codes_requeue_and_pages) {
+    char dir[PATH_MAX];
+    make_dir(dir, sizeof dir);
+    QD_REQUIRE(dir[0]);
+    qd_error err = {0};
+    struct qd_store *s = NULL;
+    QD_CHECK_OK(qd_store_open(dir, &s, &err), &err);
+    QD_REQUIRE(s);
+    qd_store_set_clock(s, fake_clock, NULL);
+    struct qd_store_job jobs[5];
+    for (int i = 0; i < 5; i++) {
+        fake_now = 100 + i;
+        struct qd_store_job_new nj = {.key = key_of(i < 3 ? DIGEST_A : DIGEST_C, DIGEST_B, "1"),
+                                      .spec_json = "{\"method\":\"rtn\"}",
+                                      .model_path = i == 1 ? "/models/x" : NULL,
+                                      .label = i == 2 ? "nightly" : NULL,
+                                      .cache_hit = i == 4,
+                                      .artifact_id = "0123456789abcdef0123456789abcdef"};
+        QD_CHECK_OK(qd_store_job_add_ex(s, &nj, &jobs[i], &err), &err);
+    }
+    QD_CHECK_EQ_INT(jobs[4].state, QD_STORE_JOB_SUCCEEDED);
+    QD_CHECK(jobs[4].cache_hit);
+    QD_CHECK_EQ_INT(jobs[3].state, QD_STORE_JOB_QUEUED);
+    struct qd_store_job_new bad = {.key = key_of(DIGEST_A, DIGEST_B, "1"), .spec_json = NULL};
+    QD_CHECK_EQ_INT(qd_store_job_add_ex(s, &bad, NULL, &err), QD_ERR_INVALID_ARG);
+    qd_error_clear(&err);
+
+    struct qd_store_job_text t = {0};
+    QD_CHECK_OK(qd_store_job_text_get(s, jobs[1].id, &t, &err), &err);
+    QD_CHECK_EQ_STR(t.model_path, "/models/x");
+    QD_CHECK(t.label == NULL);
+    QD_CHECK_EQ_STR(t.spec_json, "{\"method\":\"rtn\"}");
+    qd_store_job_text_free(&t);
+    QD_CHECK_OK(qd_store_job_text_get(s, jobs[2].id, &t, &err), &err);
+    QD_CHECK_EQ_STR(t.label, "nightly");
+    qd_store_job_text_free(&t);
+
+    /* Codes travel with errors. */
+    struct qd_store_job j;
+    QD_CHECK_OK(qd_store_job_set_state(s, jobs[0].id, QD_STORE_JOB_RUNNING, NULL, NULL, &err),
+                &err);
+    QD_CHECK_OK(qd_store_job_set_state_ex(s, jobs[0].id, QD_STORE_JOB_FAILED, "FORMAT",
+                                          "model.safetensors: bad", NULL, &err), &err);
+    QD_CHECK_OK(qd_store_job_get(s, jobs[0].id, &j, &err), &err);
+    QD_CHECK_EQ_STR(j.error_code, "FORMAT");
+    QD_CHECK_EQ_STR(j.error, "model.safetensors: bad");
+
+    /* A drained job goes back to the queue without using up an attempt. */
+    QD_CHECK_OK(qd_store_job_set_state(s, jobs[1].id, QD_STORE_JOB_RUNNING, NULL, NULL, &err),
+                &err);
+    QD_CHECK_OK(qd_store_job_requeue(s, jobs[1].id, &err), &err);
+    QD_CHECK_OK(qd_store_job_get(s, jobs[1].id, &j, &err), &err);
+    QD_CHECK_EQ_INT(j.state, QD_STORE_JOB_QUEUED);
+    QD_CHECK_EQ_INT(j.attempts, 0);
+    QD_CHECK_EQ_INT(j.started_ms, 0);
+    QD_CHECK_EQ_INT(qd_store_job_requeue(s, jobs[1].id, &err), QD_ERR_PRECONDITION);
+    qd_error_clear(&err);
+
+    /* Pages, newest first. */
+    struct qd_store_job *page = NULL;
+    size_t n = 0;
+    bool more = false;
+    QD_CHECK_OK(qd_store_job_query(s, 0, NULL, NULL, 2, &page, &n, &more, &err), &err);
+    QD_CHECK_EQ_INT(n, 2);
+    QD_CHECK(more);
+    if (n == 2) {
+        QD_CHECK_EQ_STR(page[0].id, jobs[4].id);
+        QD_CHECK_EQ_STR(page[1].id, jobs[3].id);
+    }
+    free(page);
+    QD_CHECK_OK(qd_store_job_query(s, 0, NULL, jobs[3].id, 10, &page, &n, &more, &err), &err);
+    QD_CHECK_EQ_INT(n, 3);
+    QD_CHECK(!more);
+    if (n == 3) QD_CHECK_EQ_STR(page[2].id, jobs[0].id);
+    free(page);
+    QD_CHECK_OK(qd_store_job_query(s, 1u << QD_STORE_JOB_QUEUED, DIGEST_A, NULL, 10, &page, &n,
+                                   &more, &err), &err);
+    QD_CHECK_EQ_INT(n, 2); /* jobs 1 and 2 */
+    if (n == 2) {
+        QD_CHECK_EQ_STR(page[0].id, jobs[2].id);
+        QD_CHECK_EQ_STR(page[1].id, jobs[1].id);
+    }
+    free(page);
+    QD_CHECK_EQ_INT(qd_store_job_query(s, 0, NULL, "ffffffffffffffffffffffffffffffff", 10,
+                                       &page, &n, &more, &err), QD_ERR_NOT_FOUND);
+    qd_error_clear(&err);
     check_integrity(s);
     qd_store_close(s);
     remove_dir(dir);
