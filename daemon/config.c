@@ -216,10 +216,10 @@ static bool parse_port(const char *s) {
     uint64_t v;
     bool of;
     if (!read_digits(&s, &v, &of) || *s != '\0') return false;
-    return !of && v >= 1 && v <= 65535;
+    return !of && v <= 65535;
 }
 
-#define LISTEN_EXPECTED "'unix:/absolute/path', 'host:port' or '[v6]:port' (port 1..65535)"
+#define LISTEN_EXPECTED "'unix:/absolute/path', 'host:port' or '[v6]:port' (port 0..65535)"
 
 /* A gRPC listen address as the daemon accepts it. */
 static qd_err check_listen(const char *v, qd_error *err) {
@@ -260,7 +260,15 @@ static qd_err check_listen(const char *v, qd_error *err) {
                   (ch >= '0' && ch <= '9') || ch == '.' || ch == '-' || ch == '_';
         if (!ok) return expected(err, "a host name or IPv4 address before ':port'", v, NULL);
     }
-    if (!parse_port(colon + 1)) return expected(err, "a port 1..65535 after the host", v, NULL);
+    if (!parse_port(colon + 1)) return expected(err, "a port 0..65535 after the host (0 picks a free port)", v, NULL);
+    return QD_OK;
+}
+
+/* An absolute path (model_roots items). Roots are compared after realpath(), at use. */
+static qd_err check_abs_path(const char *v, qd_error *err) {
+    if (v[0] != '/')
+        return expected(err, "an absolute path", v, v[0] == '~' ? " (~ is not expanded)" : NULL);
+    if (strlen(v) >= PATH_MAX) return expected(err, "a path shorter than PATH_MAX", v, NULL);
     return QD_OK;
 }
 
@@ -363,6 +371,8 @@ static const qd_config_key config_keys[] = {
             "Threads each CPU job uses; 0 uses every core."),
     KEY_LIST(devices, n_devices, IMMUTABLE, "[auto]", check_device, "auto, cpu, cuda:N",
              "Devices jobs run on; auto means every CUDA GPU found, else the CPU."),
+    KEY_LIST(model_roots, n_model_roots, IMMUTABLE, "[]", check_abs_path, "absolute paths",
+             "Directories whose models Quantize may read by path; empty = none."),
     KEY_SIZE(limits.max_message_bytes, IMMUTABLE, "8MiB", 64 * KIB, 256 * MIB,
              "Largest gRPC message the server receives or sends."),
     KEY_SIZE(limits.chunk_bytes, RELOADABLE, "1MiB", 4 * KIB, 64 * MIB,
@@ -377,6 +387,11 @@ static const qd_config_key config_keys[] = {
             "Jobs that may wait in the queue; further jobs are refused."),
     KEY_SIZE(cache.max_bytes, RELOADABLE, "100GiB", 0, SIZE_NO_LIMIT,
              "Disk space for cached artifacts, least recently used evicted first; 0 = unlimited."),
+    /* "default" is a C keyword, so this row names its field by hand. */
+    {.name = "calibration.default", .type = QD_CFG_PATH, .flags = IMMUTABLE | QD_CFG_OPTIONAL,
+     .offset = FIELD_(calibration.default_path, char *), .def = "\"\"",
+     .def_doc = "none", .allowed = "absolute path, or \"\" for none",
+     .help = "Token file used when a job names no calibration set; unset = none."},
     KEY_DURATION(shutdown.drain_seconds, RELOADABLE, "30s", 0, 86400,
                  "On SIGTERM, how long running jobs may go on before they are cancelled."),
 };
@@ -528,6 +543,10 @@ static qd_err parse_scalar(const qd_config_key *k, const char *text, cfg_value *
     switch (k->type) {
     case QD_CFG_STRING:
     case QD_CFG_PATH:
+        if (k->type == QD_CFG_PATH && (k->flags & QD_CFG_OPTIONAL) && text[0] == '\0') {
+            v->str = NULL; /* unset */
+            return QD_OK;
+        }
         if (k->type == QD_CFG_PATH && text[0] != '/')
             return expected(err, "an absolute path", text,
                             text[0] == '~' ? " (~ is not expanded)" : NULL);
@@ -986,8 +1005,10 @@ static size_t shared_sections(const char *a, const char *b) {
     return s;
 }
 
+/* What the docs call the default: def_doc when the table gives one (a computed default, or
+ * an optional path's "none"), else the default's text. */
 static const char *default_text(const qd_config_key *k) {
-    return k->def ? k->def : k->def_doc ? k->def_doc : "none";
+    return k->def_doc ? k->def_doc : k->def ? k->def : "none";
 }
 
 void qd_config_dump(const qd_config *c, FILE *out) {
@@ -1115,7 +1136,7 @@ void qd_config_write_markdown(FILE *out) {
         fputc('|', out);
         write_cell(out, k->name, true);
         write_cell(out, qd_config_type_name(k->type), false);
-        write_cell(out, default_text(k), k->def != NULL);
+        write_cell(out, default_text(k), k->def != NULL && k->def_doc == NULL);
         write_cell(out, range, false);
         write_cell(out, k->flags & QD_CFG_RELOADABLE ? "reloadable" : "restart", false);
         write_cell(out, k->help, false);

@@ -47,6 +47,8 @@ typedef struct qd_config {
     char **listen; /* "unix:/abs/path", "host:port" or "[v6]:port" */
     size_t n_listen;
     char *data_dir; /* absolute */
+    char **model_roots; /* absolute directories Quantize may read models from by path */
+    size_t n_model_roots;
     int log_level;  /* enum qd_config_log_level */
     struct {
         int64_t cpu;     /* CPU workers */
@@ -66,6 +68,9 @@ typedef struct qd_config {
         uint64_t max_bytes; /* 0 = unlimited */
     } cache;
     struct {
+        char *default_path; /* key calibration.default: a token file; NULL = none */
+    } calibration;
+    struct {
         int64_t drain_seconds;
     } shutdown;
 } qd_config;
@@ -82,9 +87,12 @@ typedef enum qd_config_type {
     QD_CFG_LIST,     /* char ** plus a size_t count: a YAML sequence of strings */
 } qd_config_type;
 
-/* Key flags. A reloadable key may change on SIGHUP; an immutable one needs a restart. */
+/* Key flags. A reloadable key may change on SIGHUP; an immutable one needs a restart. An
+ * optional PATH key may be unset (NULL): its default is written "" and so is an unset value in
+ * a file or a dump. */
 #define QD_CFG_IMMUTABLE 0u
 #define QD_CFG_RELOADABLE (1u << 0)
+#define QD_CFG_OPTIONAL (1u << 1)
 
 /* One row of the key table. */
 typedef struct qd_config_key {
