@@ -14,5 +14,6 @@ int qd_cmd_config(int argc, char **argv);
 int qd_cmd_eval(int argc, char **argv);
 int qd_cmd_tokenize(int argc, char **argv);
 int qd_cmd_quantize(int argc, char **argv);
+int qd_cmd_serve(int argc, char **argv);
 
 #endif /* QD_COMMANDS_H */

@@ -7,6 +7,7 @@
  *   quantd eval DIR --data FILE   perplexity of a model on a token set
  *   quantd tokenize DIR ...       text -> input_ids safetensors
  *   quantd config check|dump      validate or print the daemon configuration
+ *   quantd serve [--config FILE]  run the gRPC service
  */
 #include <stdio.h>
 #include <string.h>
@@ -28,6 +29,7 @@ static const struct {
     {"eval", qd_cmd_eval, "measure perplexity on a token set"},
     {"tokenize", qd_cmd_tokenize, "encode a text file into an input_ids token set"},
     {"config", qd_cmd_config, "check or print the daemon configuration"},
+    {"serve", qd_cmd_serve, "run the gRPC service (jobs, cache, uploads, downloads)"},
 };
 
 static void usage(FILE *out) {

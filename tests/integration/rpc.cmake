@@ -1,0 +1,7 @@
+# test-rpc: `quantd serve` end to end over the wire - the daemon on 127.0.0.1:0 with a
+# temporary data directory, driven by a raw gRPC C-core client (integration/test-rpc.c).
+qd_c_test(test-rpc LABELS integration SOURCES integration/test-rpc.c
+          LIBS qd_proto PkgConfig::GRPC PkgConfig::OPENSSL Threads::Threads)
+target_compile_definitions(test-rpc PRIVATE QD_QUANTD="$<TARGET_FILE:quantd>")
+add_dependencies(test-rpc quantd)
+set_tests_properties(test-rpc PROPERTIES TIMEOUT 180)
