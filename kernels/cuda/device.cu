@@ -1,22 +1,20 @@
-/* device.cu - CUDA device discovery. Every runtime call is checked; no device is not an
- * error, it only means the CPU backend runs the jobs. */
+/* device.cu - CUDA device discovery for qd_devices_list (backend.c). Every runtime call is
+ * checked; no device is not an error, it only means the CPU backend runs the jobs. */
 #include <cuda_runtime.h>
 #include <stdio.h>
 #include <string.h>
 
-extern "C" {
 #include "../backend.h"
 
-int qd_cuda_device_count(const char **note);
-int qd_cuda_device_info(int index, qd_device_info *out);
-}
+extern "C" int qd_cuda_device_count(const char **note);
+extern "C" int qd_cuda_device_info(int index, qd_device_info *out);
 
 extern "C" int qd_cuda_device_count(const char **note) {
     int n = 0;
     cudaError_t e = cudaGetDeviceCount(&n);
     if (e != cudaSuccess) {
         if (note) *note = cudaGetErrorString(e);
-        (void)cudaGetLastError(); /* clear the sticky error */
+        (void)cudaGetLastError(); /* clear the error so later calls do not report it */
         return 0;
     }
     if (note) *note = n ? "ok" : "no CUDA device";
@@ -25,7 +23,10 @@ extern "C" int qd_cuda_device_count(const char **note) {
 
 extern "C" int qd_cuda_device_info(int index, qd_device_info *out) {
     cudaDeviceProp p;
-    if (cudaGetDeviceProperties(&p, index) != cudaSuccess) return -1;
+    if (cudaGetDeviceProperties(&p, index) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return -1;
+    }
     memset(out, 0, sizeof *out);
     out->kind = QD_BACKEND_CUDA;
     out->index = index;
