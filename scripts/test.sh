@@ -20,6 +20,9 @@ done
 jobs=$(nproc 2>/dev/null || echo 2)
 
 scripts/install-deps.sh
+# The library interop tests (torch, compressed-tensors, AutoAWQ, AutoGPTQ: several GB) are
+# opt-in; without them those tests report skipped. tests/interop/README.md says more.
+if [ "${QD_INTEROP:-0}" = 1 ]; then scripts/install-interop.sh; fi
 
 echo "== build (default)"
 scripts/build.sh build
