@@ -43,6 +43,19 @@ check gptq-eval 0 "perplexity: $mem" -- "$QUANTD" eval "$tmp/gptq" --data "$eval
 grep -q "format: gptq" "$tmp/out" || { echo "FAIL gptq-eval: format line"; fail=1; }
 check gptq-inspect 0 "qweight" -- "$QUANTD" inspect "$tmp/gptq"
 grep -q '"checkpoint_format": "gptq"' "$tmp/out" || { echo "FAIL gptq-inspect: config"; fail=1; }
+# --dequantize writes the weights the reader computes with: a float model with the same
+# perplexity to the last digit, no packed tensors and no quantization_config left.
+check gptq-dequantize 0 "35 linears dequantized" -- "$QUANTD" convert "$tmp/gptq" \
+    -o "$tmp/gptq-f32" --dequantize --dtype f32
+check gptq-dequantized-eval 0 "perplexity: $mem" -- "$QUANTD" eval "$tmp/gptq-f32" \
+    --data "$eval_set"
+grep -q "format:" "$tmp/out" && { echo "FAIL gptq-dequantized-eval: still read as packed"; fail=1; }
+grep -q quantization_config "$tmp/gptq-f32/config.json" &&
+    { echo "FAIL gptq-dequantize: quantization_config kept"; fail=1; }
+[ -e "$tmp/gptq-f32/quantize_config.json" ] &&
+    { echo "FAIL gptq-dequantize: side config kept"; fail=1; }
+check float-dequantize 1 "no packed linears" -- "$QUANTD" convert "$model" -o "$tmp/y" \
+    --dequantize
 
 # bad specs are refused before any work, naming the field
 check bad-group 2 "--group-size 96: does not divide in_features 128 of model.layers.0.self_attn.q_proj" -- "$QUANTD" quantize "$model" \
