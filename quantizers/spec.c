@@ -971,6 +971,14 @@ static qd_err check_gptq(const qd_spec *s, qd_error *err) {
             return fail_field(err, QD_ERR_UNSUPPORTED, s, QD_SPEC_F_GPTQ_ACT_ORDER,
                               "AutoAWQ GEMM has no group index (g_idx); add --static-groups "
                               "(gptq.static_groups), which keeps groups contiguous");
+        /* compressed-tensors' QuantizationArgs refuses actorder "group" (and its alias
+         * "dynamic") since its 2026-08-27 removal: the non-contiguous groups of weight_g_idx
+         * no longer load. Per-channel weights have no groups, so act-order stays valid there. */
+        if (s->format == QD_SPEC_FORMAT_COMPRESSED_TENSORS && s->group_size != -1)
+            return fail_field(err, QD_ERR_UNSUPPORTED, s, QD_SPEC_F_GPTQ_ACT_ORDER,
+                              "compressed-tensors no longer loads actorder \"group\" "
+                              "(non-contiguous groups, weight_g_idx); add --static-groups "
+                              "(gptq.static_groups), written as actorder \"weight\"");
     }
     return QD_OK;
 }

@@ -6,7 +6,7 @@ users run: transformers' AutoModelForCausalLM.from_pretrained on the artifact di
 compressed-tensors quantizer parses quantization_config, builds the compressed modules and
 decompresses them with the package's own ModelCompressor (dequantize=True, formerly
 run_compressed=False). Artifacts (babyllama): W4A16 pack-quantized symmetric, asymmetric,
-act-order (actorder "group", weight_g_idx) and asymmetric on a bf16 model; W8A16; W8A8
+act-order with static groups (actorder "weight") and asymmetric on a bf16 model; W8A16; W8A8
 int-quantized (SmoothQuant); FP8 float-quantized, dynamic per channel and static per tensor.
 Per artifact:
 
@@ -26,8 +26,8 @@ Per artifact:
    quantd's weight_packed / weight_zero_point words bit for bit.
 
 A library version that refuses a config quantd writes is a finding, not a test error, when
-the refusal is a documented removal (compressed-tensors 0.19 dropped actorder "group"): it is
-printed as NOTE with the library's message and the rest of that artifact is skipped. Likewise
+the refusal is a documented removal (compressed-tensors 0.19 dropped actorder "group", which
+quantd therefore refuses to write): it is printed as NOTE with the library's message and the rest of that artifact is skipped. Likewise
 when transformers' loader leaves weight_g_idx unused (seen with transformers 5.23 and
 compressed-tensors 0.18, whose own compressor still applies it): the loaded weights are then
 not compared, the compressor's are.

@@ -759,9 +759,21 @@ QD_TEST(combination_errors) {
     EXPECT_FLAGS_FAIL(QD_ERR_UNSUPPORTED, "--act-order: AutoAWQ GEMM has no group index", NULL,
                       NULL, "--method", "gptq", "--format", "awq", "--calib-digest", DIG,
                       "--act-order");
+    EXPECT_FLAGS_FAIL(QD_ERR_UNSUPPORTED,
+                      "--act-order: compressed-tensors no longer loads actorder \"group\"", NULL,
+                      NULL, "--method", "gptq", "--format", "compressed-tensors",
+                      "--calib-digest", DIG, "--act-order");
     qd_spec s = {0};
     resolve_flags_ok(ARGV("--method", "gptq", "--format", "dashinfer", "--calib-digest", DIG,
                           "--act-order", "--static-groups"),
+                     &s);
+    qd_spec_free(&s);
+    resolve_flags_ok(ARGV("--method", "gptq", "--format", "compressed-tensors", "--calib-digest",
+                          DIG, "--act-order", "--static-groups"),
+                     &s);
+    qd_spec_free(&s);
+    resolve_flags_ok(ARGV("--method", "gptq", "--format", "compressed-tensors", "--calib-digest",
+                          DIG, "--act-order", "--group-size", "-1"),
                      &s);
     qd_spec_free(&s);
     resolve_flags_ok(ARGV("--method", "gptq", "--format", "gptq", "--calib-digest", DIG,
