@@ -16,8 +16,11 @@
  *                                    s = q - 8 the signed code: PAIRS OF OUTPUT ROWS
  *                                    (pack_int4_in_uint8); TensorRT-LLM views it as int8
  *     weight_scale     F32 [N, NG]   per-group amax / 7
- *     pre_quant_scale  dt  [K]       when not fused into the preceding norm (qlinear pre_scale:
- *                                    the activations are multiplied by it)
+ *     pre_quant_scale  dt  [K]       the activations are multiplied by it (qlinear pre_scale);
+ *                                    all ones when the AWQ scales were fused into the
+ *                                    preceding norm, because hf_quant_config.json says
+ *                                    "pre_quant_scale": true and TensorRT-LLM's AWQ linears
+ *                                    then load a prequant_scaling_factor for every linear
  *     input_scale      F32 []        W4A8 only: activation amax / 448
  *     weight_scale_2   F32 []        W4A8 only: weight amax / 448
  *   W8A8_SQ_PER_CHANNEL
@@ -173,12 +176,13 @@ static qd_err mo_pack_tensors(const qd_format_params *p, mo_algo algo, const qd_
                 return rc;
     }
 
-    if (q->pre_scale) {
+    if (q->pre_scale || algo == MO_W4A16_AWQ || algo == MO_W4A8_AWQ) {
         shape[0] = q->k;
         if ((rc = fmt_add(out, MO_NAME, prefix, "pre_quant_scale", p->dtype, 1, shape, &d, err)))
             return rc;
         for (size_t c = 0; c < k; c++)
-            if ((rc = mo_put(p->dtype, d, c, q->pre_scale[c], prefix, "pre_quant_scale", err)))
+            if ((rc = mo_put(p->dtype, d, c, q->pre_scale ? q->pre_scale[c] : 1.0f, prefix,
+                             "pre_quant_scale", err)))
                 return rc;
     }
     if (algo != MO_W4A16_AWQ &&
@@ -255,7 +259,11 @@ static qd_err mo_unpack_into(const fmt_src *s, const qd_format_params *p, qd_qli
     int64_t pshape[1] = {k};
     if ((rc = fmt_fetch(s, "pre_quant_scale", false, FMT_FLOATS, 1, pshape, &tp, &found, err)))
         return rc;
-    if (found) {
+    /* All ones is what the writer stores for scales fused into the norm: the same as none. */
+    bool ones = true;
+    for (size_t c = 0; found && ones && c < kk; c++)
+        ones = fmt_get_float(tp.dtype, tp.data, c) == 1.0f;
+    if (found && !ones) {
         q->pre_scale = malloc(kk * sizeof *q->pre_scale);
         if (!q->pre_scale)
             return qd_error_set(err, QD_ERR_NOMEM, "modelopt: no memory for pre_quant_scale");
