@@ -22,6 +22,10 @@ pkgs=(
     libopenblas-dev liblapacke-dev
     clang libclang-rt-14-dev
     python3 python3-pip
+    # tests: the Python client (Debian's grpcio/protobuf for /usr/bin/python3), the database
+    # check after kill -9, TLS certificates, and the systemd unit check
+    python3-grpcio python3-protobuf python3-grpc-tools
+    sqlite3 openssl systemd
 )
 
 sudo=""
