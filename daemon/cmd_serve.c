@@ -16,6 +16,9 @@
  * Reload (nginx's discipline): the file is parsed into a new config; if that fails, the error
  * is logged and the running config stays. Immutable keys that changed are logged as waiting
  * for a restart. The command-line overrides are applied again on top of the new file.
+ * The bearer tokens (auth.*, from the new file) and the TLS material (the files named by the
+ * tls.* keys the daemon started with) are read and checked before anything is applied, so a
+ * bad token file or certificate leaves the running ones in place.
  */
 #include <errno.h>
 #include <pthread.h>
@@ -25,11 +28,13 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <time.h>
 #include <unistd.h>
 
 #include "commands.h"
 #include "config.h"
 #include "rpc.h"
+#include "sdnotify.h"
 #include "server.h"
 #include "service.h"
 
@@ -76,7 +81,25 @@ static void serve_usage(FILE *out) {
           "                   exit 0\n"
           "  SIGHUP           reload the --config file: reloadable keys take effect at once,\n"
           "                   changed immutable keys are logged and wait for a restart; an\n"
-          "                   invalid file is logged and the running configuration kept\n"
+          "                   invalid file is logged and the running configuration kept;\n"
+          "                   the TLS files and the tokens are read again too, and kept as\n"
+          "                   they were when the new ones do not load\n"
+          "\n"
+          "Under systemd (Type=notify, $NOTIFY_SOCKET set) quantd sends READY=1 once it\n"
+          "listens, RELOADING=1/READY=1 around a reload, STOPPING=1 when it drains, and\n"
+          "WATCHDOG=1 every half $WATCHDOG_USEC (WatchdogSec=).\n"
+          "\n"
+          "Security (docs/config.md has the keys):\n"
+          "  tls.cert, tls.key     serve TLS on every TCP address; tls.client_ca also requires\n"
+          "                        client certificates it signed (mutual TLS). Unix sockets\n"
+          "                        stay plaintext. A plaintext address that is not loopback\n"
+          "                        or unix is refused unless allow_insecure_remote is true.\n"
+          "  auth.tokens,          bearer tokens as ROLE:SHA256HEX[:NAME] entries, ROLE read,\n"
+          "  auth.token_file       submit or admin; the file holds one entry per line. Store\n"
+          "                        the token's sha256, never the token; compute it with\n"
+          "                          printf %s \"$TOKEN\" | sha256sum\n"
+          "                        Clients send 'authorization: Bearer TOKEN'; the health\n"
+          "                        service needs none. Without either key auth is off.\n"
           "\n"
           "Exit status: 0 after a clean shutdown, 1 when the service cannot start, 2 for\n"
           "usage or configuration errors.\n",
@@ -183,11 +206,18 @@ static qd_err load_config(const struct serve_args *a, qd_config *out, qd_error *
     return QD_OK;
 }
 
+/* sd_notify(3) when systemd asked for it; a failure is logged, never fatal. */
+static void notify(const char *state) {
+    qd_error err = {0};
+    if (qd_sd_notify(state, &err) != QD_OK)
+        qd_server_log(QD_CONFIG_LOG_WARNING, "sd_notify: %s", qd_error_text(&err));
+}
+
 /* SIGHUP: read the file again; keep everything as it is if it is not valid. boot is the
  * config the process started with (its immutable keys are the ones in force); the reloadable
  * keys go to the service, the handlers, the logger and *drain_seconds. */
 static void reload(const struct serve_args *a, const qd_config *boot, int64_t *drain_seconds,
-                   struct qd_service *svc, struct qd_rpc *rpc) {
+                   struct qd_service *svc, struct qd_rpc *rpc, struct qd_server *srv) {
     if (!a->config) {
         qd_server_log(QD_CONFIG_LOG_NOTICE, "SIGHUP: no --config file, nothing to reload");
         return;
@@ -199,18 +229,27 @@ static void reload(const struct serve_args *a, const qd_config *boot, int64_t *d
                       qd_error_text(&err));
         return;
     }
-    if (qd_service_reload(svc, &next, &err) != QD_OK) {
+    struct qd_rpc_auth *auth = NULL;
+    struct qd_server_tls *tls = NULL;
+    qd_err rc = qd_rpc_auth_load(&next, &auth, &err);
+    if (rc == QD_OK && boot->tls.cert)
+        rc = qd_server_tls_load(boot->tls.cert, boot->tls.key, boot->tls.client_ca, &tls, &err);
+    if (rc == QD_OK) rc = qd_service_reload(svc, &next, &err);
+    if (rc != QD_OK) {
         qd_server_log(QD_CONFIG_LOG_ERROR, "reload: %s; keeping the running configuration",
                       qd_error_text(&err));
+        qd_rpc_auth_free(auth);
+        qd_server_tls_free(tls);
         qd_config_free(&next);
         return;
     }
+    if (tls) qd_server_set_tls(srv, tls);
     const char *names[64];
     size_t n = qd_config_immutable_changes(boot, &next, names, sizeof names / sizeof names[0]);
     for (size_t i = 0; i < n && i < sizeof names / sizeof names[0]; i++)
         qd_server_log(QD_CONFIG_LOG_WARNING,
                       "reload: %s changed; it takes effect at the next restart", names[i]);
-    qd_rpc_reload(rpc, &next);
+    qd_rpc_reload(rpc, &next, auth);
     qd_server_set_log_level(next.log_level);
     *drain_seconds = next.shutdown.drain_seconds;
     qd_config_free(&next);
@@ -292,6 +331,12 @@ int qd_cmd_serve(int argc, char **argv) {
         qd_server_log(QD_CONFIG_LOG_ERROR, "%s", qd_error_text(&err));
         goto out;
     }
+    struct qd_server_tls *tls = NULL;
+    if (cfg.tls.cert &&
+        qd_server_tls_load(cfg.tls.cert, cfg.tls.key, cfg.tls.client_ca, &tls, &err) != QD_OK) {
+        qd_server_log(QD_CONFIG_LOG_ERROR, "%s", qd_error_text(&err));
+        goto out;
+    }
     size_t n_methods;
     qd_server_options opt = {
         .listen = (const char *const *)cfg.listen,
@@ -301,6 +346,7 @@ int qd_cmd_serve(int argc, char **argv) {
         .max_concurrent_streams = cfg.limits.max_concurrent_streams,
         .methods = qd_rpc_methods(&n_methods),
         .app = rpc,
+        .tls = tls,
     };
     opt.n_methods = n_methods;
     if (qd_server_start(&opt, &srv, &err) != QD_OK) {
@@ -311,14 +357,36 @@ int qd_cmd_serve(int argc, char **argv) {
         fprintf(stderr, "quantd: listening on %s\n", qd_server_address(srv, i));
     qd_server_log(QD_CONFIG_LOG_INFO, "quantd %s serving; data_dir %s", QD_VERSION,
                   cfg.data_dir);
+    qd_server_log(QD_CONFIG_LOG_INFO, "transport: %s; auth: %s",
+                  !cfg.tls.cert       ? "plaintext"
+                  : cfg.tls.client_ca ? "mutual TLS on TCP addresses"
+                                      : "TLS on TCP addresses",
+                  cfg.auth.n_tokens || cfg.auth.token_file ? "bearer tokens" : "off");
 
+    /* Under systemd (Type=notify): ready now; a watchdog ping at half the interval it asks
+     * for, from this thread, which is the one that must stay responsive to signals. */
+    notify("READY=1\nSTATUS=serving");
+    uint64_t wd_usec = qd_sd_watchdog_usec();
     for (;;) {
         int sig = 0;
-        if (sigwait(&sigs, &sig) != 0) continue;
-        if (sig == SIGHUP) {
-            reload(&a, &cfg, &drain_seconds, svc, rpc);
+        if (wd_usec) {
+            struct timespec ts = {.tv_sec = (time_t)(wd_usec / 2000000u),
+                                  .tv_nsec = (long)((wd_usec / 2u) % 1000000u) * 1000L};
+            sig = sigtimedwait(&sigs, NULL, &ts);
+            if (sig < 0) {
+                if (errno == EAGAIN) notify("WATCHDOG=1");
+                continue;
+            }
+        } else if (sigwait(&sigs, &sig) != 0) {
             continue;
         }
+        if (sig == SIGHUP) {
+            notify("RELOADING=1");
+            reload(&a, &cfg, &drain_seconds, svc, rpc, srv);
+            notify("READY=1\nSTATUS=serving");
+            continue;
+        }
+        notify("STOPPING=1\nSTATUS=draining");
         qd_server_log(QD_CONFIG_LOG_NOTICE, "%s: shutting down (drain up to %llds)",
                       sig == SIGINT ? "SIGINT" : "SIGTERM", (long long)drain_seconds);
         break;

@@ -260,7 +260,8 @@ static qd_err check_listen(const char *v, qd_error *err) {
                   (ch >= '0' && ch <= '9') || ch == '.' || ch == '-' || ch == '_';
         if (!ok) return expected(err, "a host name or IPv4 address before ':port'", v, NULL);
     }
-    if (!parse_port(colon + 1)) return expected(err, "a port 0..65535 after the host (0 picks a free port)", v, NULL);
+    if (!parse_port(colon + 1))
+        return expected(err, "a port 0..65535 after the host (0 picks a free port)", v, NULL);
     return QD_OK;
 }
 
@@ -284,6 +285,95 @@ static qd_err check_device(const char *v, qd_error *err) {
             return QD_OK;
     }
     return expected(err, "'auto', 'cpu' or 'cuda:N'", v, NULL);
+}
+
+/* ---- auth entries ------------------------------------------------------------------------- */
+
+static const char *const role_words[] = {"read", "submit", "admin", NULL};
+
+const char *qd_config_role_name(qd_config_role role) {
+    return role >= QD_ROLE_READ && role <= QD_ROLE_ADMIN ? role_words[role] : "?";
+}
+
+static int hex_value(char ch) {
+    if (ch >= '0' && ch <= '9') return ch - '0';
+    if (ch >= 'a' && ch <= 'f') return ch - 'a' + 10;
+    if (ch >= 'A' && ch <= 'F') return ch - 'A' + 10;
+    return -1;
+}
+
+#define TOKEN_EXPECTED "'ROLE:SHA256HEX[:NAME]' (ROLE read, submit or admin)"
+
+/* The messages quote the role and the name, never the hash: a hash is not a secret, but a
+ * token pasted by mistake where its hash belongs is, and must not reach a log. */
+qd_err qd_config_parse_token(const char *text, qd_config_token *out, qd_error *err) {
+    memset(out, 0, sizeof *out);
+    const char *colon = strchr(text, ':');
+    if (!colon)
+        return qd_error_set(err, QD_ERR_CONFIG, "expected " TOKEN_EXPECTED ", got no ':'");
+    size_t rl = (size_t)(colon - text);
+    int role = -1;
+    for (int i = 0; role_words[i]; i++)
+        if (strlen(role_words[i]) == rl && strncmp(text, role_words[i], rl) == 0) role = i;
+    if (role < 0) {
+        char q[EXCERPT_BUF];
+        return qd_error_set(err, QD_ERR_CONFIG, "expected a role read, submit or admin, got '%s'",
+                            qd_yaml_excerpt(text, rl, q, sizeof q));
+    }
+    const char *h = colon + 1;
+    size_t hl = strcspn(h, ":");
+    if (hl != 64)
+        return qd_error_set(err, QD_ERR_CONFIG, "%s: expected the token's sha256 as 64 hex "
+                            "digits, got %zu characters (store the hash, never the token)",
+                            role_words[role], hl);
+    for (size_t i = 0; i < 32; i++) {
+        int hi = hex_value(h[2 * i]), lo = hex_value(h[2 * i + 1]);
+        if (hi < 0 || lo < 0)
+            return qd_error_set(err, QD_ERR_CONFIG, "%s: the sha256 has a character that is not "
+                                "a hex digit", role_words[role]);
+        out->sha256[i] = (unsigned char)(hi * 16 + lo);
+    }
+    if (h[hl] == ':') {
+        const char *name = h + hl + 1;
+        size_t nl = strlen(name);
+        bool ok = nl > 0 && nl < sizeof out->name;
+        for (size_t i = 0; ok && i < nl; i++)
+            ok = name[i] > ' ' && name[i] < 0x7f && name[i] != ':';
+        if (!ok)
+            return qd_error_set(err, QD_ERR_CONFIG, "%s: expected a NAME of 1..%zu printable "
+                                "characters without ':' or spaces after the hash",
+                                role_words[role], sizeof out->name - 1);
+        memcpy(out->name, name, nl + 1);
+    }
+    out->role = (qd_config_role)role;
+    return QD_OK;
+}
+
+static qd_err check_token(const char *v, qd_error *err) {
+    qd_config_token t;
+    return qd_config_parse_token(v, &t, err);
+}
+
+bool qd_config_listen_is_local(const char *addr) {
+    if (strncmp(addr, "unix:", 5) == 0) return true;
+    char host[INET6_ADDRSTRLEN + 1];
+    const char *end;
+    const char *start = addr;
+    if (addr[0] == '[') {
+        start = addr + 1;
+        end = strchr(addr, ']');
+    } else {
+        end = strrchr(addr, ':');
+    }
+    if (!end || (size_t)(end - start) >= sizeof host) return false;
+    memcpy(host, start, (size_t)(end - start));
+    host[end - start] = '\0';
+    if (strcmp(host, "localhost") == 0) return true;
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (inet_pton(AF_INET, host, &a4) == 1) return (ntohl(a4.s_addr) >> 24) == 127;
+    if (inet_pton(AF_INET6, host, &a6) == 1) return IN6_IS_ADDR_LOOPBACK(&a6);
+    return false;
 }
 
 /* The first absolute directory of: $STATE_DIRECTORY's first entry, $XDG_STATE_HOME/quantd,
@@ -353,6 +443,12 @@ static const char *const log_level_words[] = {"error", "warning", "notice", "inf
     {.name = #field, .type = QD_CFG_DURATION, .flags = flags_,                                \
      .offset = FIELD_(field, int64_t), .def = def_, .min = lo, .max = hi, .help = help_}
 
+/* An optional path: unset (NULL) by default, "" unsets it. */
+#define KEY_OPT_PATH(field, flags_, help_)                                                     \
+    {.name = #field, .type = QD_CFG_PATH, .flags = (flags_) | QD_CFG_OPTIONAL,                \
+     .offset = FIELD_(field, char *), .def = "\"\"", .def_doc = "none",                      \
+     .allowed = "absolute path, or \"\" for none", .help = help_}
+
 #define IMMUTABLE QD_CFG_IMMUTABLE
 #define RELOADABLE QD_CFG_RELOADABLE
 
@@ -394,6 +490,17 @@ static const qd_config_key config_keys[] = {
      .help = "Token file used when a job names no calibration set; unset = none."},
     KEY_DURATION(shutdown.drain_seconds, RELOADABLE, "30s", 0, 86400,
                  "On SIGTERM, how long running jobs may go on before they are cancelled."),
+    KEY_OPT_PATH(tls.cert, IMMUTABLE,
+                 "PEM certificate chain of the server; set = TLS on every TCP address."),
+    KEY_OPT_PATH(tls.key, IMMUTABLE, "PEM private key of tls.cert; re-read on SIGHUP."),
+    KEY_OPT_PATH(tls.client_ca, IMMUTABLE,
+                 "PEM CA certificates; set = clients must present a certificate they signed."),
+    KEY_BOOL(allow_insecure_remote, IMMUTABLE, "false",
+             "Allow plaintext listen addresses other than loopback and unix sockets."),
+    KEY_LIST(auth.tokens, auth.n_tokens, RELOADABLE, "[]", check_token, "ROLE:SHA256HEX[:NAME]",
+             "Bearer tokens, by sha256: ROLE read, submit or admin; empty with no file = open."),
+    KEY_OPT_PATH(auth.token_file, RELOADABLE,
+                 "File of more auth.tokens entries, one per line, # comments; re-read on SIGHUP."),
 };
 
 #define N_KEYS (sizeof config_keys / sizeof config_keys[0])
@@ -671,6 +778,10 @@ static const char *const cross_rules[] = {
     "`limits.max_message_bytes`, which leaves "
     "room for each chunk message's framing and metadata.",
     "`limits.memory_quota` is at least `limits.max_message_bytes`.",
+    "`tls.cert` and `tls.key` are set together; `tls.client_ca` needs them.",
+    "Every `listen` address other than loopback (127.x.x.x, `[::1]`, `localhost`) or a unix "
+    "socket needs `tls.cert`, unless `allow_insecure_remote` is true (plaintext on a network "
+    "is refused by default). Unix sockets stay plaintext: their file mode guards them.",
 };
 
 typedef struct rules {
@@ -755,6 +866,23 @@ static qd_err validate(const rules *r) {
         qd_config_format_size(c->limits.max_message_bytes, b, sizeof b);
         return rule_fail(r, KEY_(limits.memory_quota), KEY_(limits.max_message_bytes),
                          "%s is less than limits.max_message_bytes (%s)", a, b);
+    }
+
+    if ((c->tls.cert == NULL) != (c->tls.key == NULL))
+        return rule_fail(r, c->tls.cert ? KEY_(tls.key) : KEY_(tls.cert),
+                         c->tls.cert ? KEY_(tls.cert) : KEY_(tls.key),
+                         "not set, but %s is: set both tls.cert and tls.key",
+                         c->tls.cert ? "tls.cert" : "tls.key");
+    if (c->tls.client_ca && !c->tls.cert)
+        return rule_fail(r, KEY_(tls.client_ca), KEY_(tls.client_ca),
+                         "needs tls.cert and tls.key (mutual TLS is TLS first)");
+    for (size_t i = 0; !c->tls.cert && !c->allow_insecure_remote && i < c->n_listen; i++) {
+        if (qd_config_listen_is_local(c->listen[i])) continue;
+        return rule_fail(r, KEY_(listen), KEY_(listen),
+                         "'%s' is neither loopback nor a unix socket, and would serve plaintext "
+                         "to the network: set tls.cert and tls.key, or allow_insecure_remote: "
+                         "true",
+                         qd_yaml_excerpt(c->listen[i], strlen(c->listen[i]), q, sizeof q));
     }
     return QD_OK;
 }

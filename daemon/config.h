@@ -73,7 +73,32 @@ typedef struct qd_config {
     struct {
         int64_t drain_seconds;
     } shutdown;
+    struct {
+        char *cert;      /* PEM server certificate chain; NULL = plaintext */
+        char *key;       /* PEM private key of cert */
+        char *client_ca; /* PEM CAs client certificates must chain to; set = mutual TLS */
+    } tls;
+    bool allow_insecure_remote; /* plaintext on an address other than loopback or unix */
+    struct {
+        char **tokens; /* "ROLE:SHA256HEX[:NAME]" */
+        size_t n_tokens;
+        char *token_file; /* one such entry per line; NULL = none */
+    } auth;
 } qd_config;
+
+/* The roles a bearer token grants, each including the ones before it. */
+typedef enum qd_config_role {
+    QD_ROLE_READ,   /* Get*, List*, Watch*, StatModel, GetServerInfo, Health */
+    QD_ROLE_SUBMIT, /* + PutModel, Quantize, CancelJob */
+    QD_ROLE_ADMIN,  /* + DeleteArtifact */
+} qd_config_role;
+
+/* One parsed auth entry "ROLE:SHA256HEX[:NAME]". */
+typedef struct qd_config_token {
+    qd_config_role role;
+    unsigned char sha256[32];
+    char name[64]; /* "" when the entry names none */
+} qd_config_token;
 
 /* How a key's value is written and which C type its field has. */
 typedef enum qd_config_type {
@@ -176,6 +201,16 @@ qd_err qd_config_parse_bool(const char *text, bool *out, qd_error *err);
  * which the parsers above read back to the same value. */
 void qd_config_format_size(uint64_t bytes, char *buf, size_t cap);
 void qd_config_format_duration(int64_t seconds, char *buf, size_t cap);
+
+/* ---- security ----------------------------------------------------------------------------- */
+
+/* Parse one auth entry "ROLE:SHA256HEX[:NAME]" (ROLE read, submit or admin; 64 hex digits;
+ * NAME up to 63 printable characters without ':'). Messages never quote the hash. */
+qd_err qd_config_parse_token(const char *text, qd_config_token *out, qd_error *err);
+/* "read", "submit", "admin". */
+const char *qd_config_role_name(qd_config_role role);
+/* Whether a listen address is local: unix:, a 127.x.x.x or ::1 literal, or localhost. */
+bool qd_config_listen_is_local(const char *addr);
 
 /* ---- comparing (the reload path) ------------------------------------------------------------- */
 

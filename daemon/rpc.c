@@ -27,6 +27,13 @@
  * subscribes for a wake-up when a new one arrives, and sends a tick every TICK_MS while
  * nothing happens; while the server drains it ends the stream early (UNAVAILABLE, with the
  * seq to resume from) unless the job is running and may still finish.
+ *
+ * Authentication. Each row of the method table runs its handler through a guard made by
+ * GUARDED(), which at START checks the bearer token against the role the row needs (rpc.h)
+ * and ends the call before the handler sees anything. The presented token is hashed with
+ * sha256 and compared with every configured hash in constant time (no early exit, so the
+ * time taken says nothing about which entry or how many bytes matched). The token set is
+ * swapped whole under a mutex on reload.
  */
 #include "rpc.h"
 
@@ -39,16 +46,21 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 
 #include <grpc/status.h>
+#include <openssl/crypto.h>
+#include <openssl/evp.h>
+#include <pthread.h>
 
 #include "health.pb-c.h"
 #include "quantd.pb-c.h"
 #include "service.h"
 #include "spec.h"
 #include "store.h"
+#include "fsutil.h"
 #include "yamlwalk.h"
 
 #ifndef QD_VERSION
@@ -85,6 +97,14 @@ struct qd_rpc {
     size_t n_support;
     Quantd__V1__Format formats[QD_SPEC_FORMAT_COUNT]; /* every format some method writes */
     size_t n_formats;
+    pthread_mutex_t auth_mu;
+    struct qd_rpc_auth *auth; /* guarded by auth_mu; reloadable */
+};
+
+struct qd_rpc_auth {
+    bool on; /* auth.tokens or auth.token_file set */
+    qd_config_token *tokens;
+    size_t n, cap;
 };
 
 /* ---- the response arena ---------------------------------------------------------------------- */
@@ -1863,20 +1883,187 @@ static void get_cleanup(struct qd_call *call) {
     free(st);
 }
 
+/* ---- authentication -------------------------------------------------------------------------- */
+
+/* A token file is a short list of hashes. */
+#define TOKEN_FILE_MAX ((size_t)1 << 20)
+/* Longest bearer token read from the metadata; a longer one is simply invalid. */
+#define TOKEN_MAX 1024
+/* No role needed (the health service, for probes). */
+#define ROLE_OPEN (-1)
+
+void qd_rpc_auth_free(struct qd_rpc_auth *auth) {
+    if (!auth) return;
+    free(auth->tokens);
+    free(auth);
+}
+
+static qd_err auth_add(struct qd_rpc_auth *a, const qd_config_token *t, qd_error *err) {
+    if (a->n == a->cap) {
+        size_t ncap = a->cap ? a->cap * 2 : 8;
+        qd_config_token *g = realloc(a->tokens, ncap * sizeof *g);
+        if (!g) return qd_error_set(err, QD_ERR_NOMEM, "auth: out of memory");
+        a->tokens = g;
+        a->cap = ncap;
+    }
+    a->tokens[a->n++] = *t;
+    return QD_OK;
+}
+
+/* The entries of a token file: one per line; blank lines and '#' comments are skipped. */
+static qd_err auth_read_file(struct qd_rpc_auth *a, const char *path, qd_error *err) {
+    char *buf;
+    size_t len;
+    qd_error e = {0};
+    qd_err rc = qd_read_file(path, TOKEN_FILE_MAX, &buf, &len, &e);
+    if (rc != QD_OK) return qd_error_set(err, rc, "auth.token_file: %s", e.msg);
+    size_t line = 0;
+    for (char *p = buf; rc == QD_OK && p < buf + len;) {
+        char *nl = memchr(p, '\n', (size_t)(buf + len - p));
+        char *end = nl ? nl : buf + len;
+        line++;
+        while (p < end && (*p == ' ' || *p == '\t')) p++;
+        char *q = end;
+        while (q > p && (q[-1] == ' ' || q[-1] == '\t' || q[-1] == '\r')) q--;
+        *q = '\0';
+        if (p < q && *p != '#') {
+            qd_config_token t;
+            if (memchr(p, '\0', (size_t)(q - p)) != NULL ||
+                qd_config_parse_token(p, &t, &e) != QD_OK)
+                rc = qd_error_set(err, QD_ERR_CONFIG, "auth.token_file: %s:%zu: %s", path, line,
+                                  e.code ? e.msg : "a NUL byte in the line");
+            else
+                rc = auth_add(a, &t, err);
+        }
+        p = end + 1;
+    }
+    free(buf);
+    return rc;
+}
+
+qd_err qd_rpc_auth_load(const qd_config *cfg, struct qd_rpc_auth **ret, qd_error *err) {
+    *ret = NULL;
+    struct qd_rpc_auth *a = calloc(1, sizeof *a);
+    if (!a) return qd_error_set(err, QD_ERR_NOMEM, "auth: out of memory");
+    a->on = cfg->auth.n_tokens > 0 || cfg->auth.token_file != NULL;
+    qd_err rc = QD_OK;
+    for (size_t i = 0; rc == QD_OK && i < cfg->auth.n_tokens; i++) {
+        qd_config_token t;
+        qd_error e = {0};
+        if (qd_config_parse_token(cfg->auth.tokens[i], &t, &e) != QD_OK)
+            rc = qd_error_set(err, QD_ERR_CONFIG, "auth.tokens: item %zu: %s", i + 1, e.msg);
+        else
+            rc = auth_add(a, &t, err);
+    }
+    if (rc == QD_OK && cfg->auth.token_file) rc = auth_read_file(a, cfg->auth.token_file, err);
+    if (rc != QD_OK) {
+        qd_rpc_auth_free(a);
+        return rc;
+    }
+    *ret = a;
+    return QD_OK;
+}
+
+/* The method's name for messages: the last part of its path. */
+static const char *method_name(struct qd_call *call) {
+    const char *p = qd_call_path(call);
+    const char *s = strrchr(p, '/');
+    return s ? s + 1 : p;
+}
+
+/* Whether the call may go on to a handler that needs role; if not, it is finished here. */
+static bool auth_check(struct qd_call *call, int role) {
+    if (role == ROLE_OPEN) return true;
+    struct qd_rpc *rpc = qd_call_app(call);
+    char value[TOKEN_MAX + 16];
+    size_t len;
+    bool have = qd_call_metadata(call, "authorization", value, sizeof value, &len);
+
+    pthread_mutex_lock(&rpc->auth_mu);
+    bool on = rpc->auth && rpc->auth->on;
+    pthread_mutex_unlock(&rpc->auth_mu);
+    if (!on) return true;
+
+    unsigned char digest[32];
+    bool hashed = false;
+    if (have && len < sizeof value && len > 7 && strncasecmp(value, "Bearer ", 7) == 0) {
+        const char *tok = value + 7;
+        while (*tok == ' ') tok++;
+        unsigned int dl = 0;
+        hashed = *tok && EVP_Digest(tok, strlen(tok), digest, &dl, EVP_sha256(), NULL) == 1 &&
+                 dl == sizeof digest;
+    }
+    int found = -1;
+    char name[sizeof rpc->auth->tokens[0].name] = "";
+    if (hashed) {
+        pthread_mutex_lock(&rpc->auth_mu);
+        for (size_t i = 0; i < rpc->auth->n; i++) {
+            const qd_config_token *t = &rpc->auth->tokens[i];
+            /* Every entry is compared in full; the best role of the matches wins. */
+            int same = CRYPTO_memcmp(t->sha256, digest, sizeof digest) == 0;
+            if (same && (int)t->role > found) {
+                found = (int)t->role;
+                memcpy(name, t->name, sizeof name);
+            }
+        }
+        pthread_mutex_unlock(&rpc->auth_mu);
+    }
+    OPENSSL_cleanse(value, sizeof value);
+    if (found < 0) {
+        qd_server_log(QD_CONFIG_LOG_INFO, "%s: refused: missing or invalid bearer token",
+                      qd_call_path(call));
+        qd_call_finish(call, GRPC_STATUS_UNAUTHENTICATED, "missing or invalid bearer token",
+                       NULL);
+        return false;
+    }
+    if (found < role) {
+        char details[256];
+        snprintf(details, sizeof details, "%s needs the %s role; this token has the %s role",
+                 method_name(call), qd_config_role_name((qd_config_role)role),
+                 qd_config_role_name((qd_config_role)found));
+        qd_server_log(QD_CONFIG_LOG_INFO, "%s: refused token%s%s: %s", qd_call_path(call),
+                      name[0] ? " " : "", name, details);
+        qd_call_finish(call, GRPC_STATUS_PERMISSION_DENIED, details, NULL);
+        return false;
+    }
+    return true;
+}
+
+/* guarded_<step>: the handler step behind the role check of its method. */
+#define GUARDED(step, role)                                                                     \
+    static void guarded_##step(struct qd_call *call, qd_call_event ev, const uint8_t *msg,     \
+                               size_t len) {                                                    \
+        if (ev == QD_CALL_START && !auth_check(call, role)) return;                             \
+        step(call, ev, msg, len);                                                               \
+    }
+
+GUARDED(put_step, QD_ROLE_SUBMIT)
+GUARDED(stat_model_step, QD_ROLE_READ)
+GUARDED(quantize_step, QD_ROLE_SUBMIT)
+GUARDED(watch_step, QD_ROLE_READ)
+GUARDED(get_job_step, QD_ROLE_READ)
+GUARDED(list_jobs_step, QD_ROLE_READ)
+GUARDED(cancel_job_step, QD_ROLE_SUBMIT)
+GUARDED(get_step, QD_ROLE_READ)
+GUARDED(list_artifacts_step, QD_ROLE_READ)
+GUARDED(delete_artifact_step, QD_ROLE_ADMIN)
+GUARDED(get_server_info_step, QD_ROLE_READ)
+
 /* ---- the method table ------------------------------------------------------------------------ */
 
+/* Health stays open: probes carry no token. */
 static const qd_rpc_method rpc_methods[] = {
-    {"/quantd.v1.Quantd/PutModel", QD_RPC_CLIENT_STREAMING, put_step, put_cleanup},
-    {"/quantd.v1.Quantd/StatModel", QD_RPC_UNARY, stat_model_step, NULL},
-    {"/quantd.v1.Quantd/Quantize", QD_RPC_UNARY, quantize_step, NULL},
-    {"/quantd.v1.Quantd/WatchJob", QD_RPC_SERVER_STREAMING, watch_step, watch_cleanup},
-    {"/quantd.v1.Quantd/GetJob", QD_RPC_UNARY, get_job_step, NULL},
-    {"/quantd.v1.Quantd/ListJobs", QD_RPC_UNARY, list_jobs_step, NULL},
-    {"/quantd.v1.Quantd/CancelJob", QD_RPC_UNARY, cancel_job_step, NULL},
-    {"/quantd.v1.Quantd/GetArtifact", QD_RPC_SERVER_STREAMING, get_step, get_cleanup},
-    {"/quantd.v1.Quantd/ListArtifacts", QD_RPC_UNARY, list_artifacts_step, NULL},
-    {"/quantd.v1.Quantd/DeleteArtifact", QD_RPC_UNARY, delete_artifact_step, NULL},
-    {"/quantd.v1.Quantd/GetServerInfo", QD_RPC_UNARY, get_server_info_step, NULL},
+    {"/quantd.v1.Quantd/PutModel", QD_RPC_CLIENT_STREAMING, guarded_put_step, put_cleanup},
+    {"/quantd.v1.Quantd/StatModel", QD_RPC_UNARY, guarded_stat_model_step, NULL},
+    {"/quantd.v1.Quantd/Quantize", QD_RPC_UNARY, guarded_quantize_step, NULL},
+    {"/quantd.v1.Quantd/WatchJob", QD_RPC_SERVER_STREAMING, guarded_watch_step, watch_cleanup},
+    {"/quantd.v1.Quantd/GetJob", QD_RPC_UNARY, guarded_get_job_step, NULL},
+    {"/quantd.v1.Quantd/ListJobs", QD_RPC_UNARY, guarded_list_jobs_step, NULL},
+    {"/quantd.v1.Quantd/CancelJob", QD_RPC_UNARY, guarded_cancel_job_step, NULL},
+    {"/quantd.v1.Quantd/GetArtifact", QD_RPC_SERVER_STREAMING, guarded_get_step, get_cleanup},
+    {"/quantd.v1.Quantd/ListArtifacts", QD_RPC_UNARY, guarded_list_artifacts_step, NULL},
+    {"/quantd.v1.Quantd/DeleteArtifact", QD_RPC_UNARY, guarded_delete_artifact_step, NULL},
+    {"/quantd.v1.Quantd/GetServerInfo", QD_RPC_UNARY, guarded_get_server_info_step, NULL},
     {"/grpc.health.v1.Health/Check", QD_RPC_UNARY, health_check_step, NULL},
     {"/grpc.health.v1.Health/Watch", QD_RPC_SERVER_STREAMING, health_watch_step,
      health_watch_cleanup},
@@ -1949,13 +2136,30 @@ qd_err qd_rpc_create(struct qd_service *svc, const qd_config *cfg, struct qd_rpc
     rpc->svc = svc;
     rpc->max_message_bytes = cfg->limits.max_message_bytes;
     atomic_init(&rpc->chunk_bytes, cfg->limits.chunk_bytes);
+    qd_err rc = qd_rpc_auth_load(cfg, &rpc->auth, err);
+    if (rc != QD_OK) {
+        free(rpc);
+        return rc;
+    }
+    pthread_mutex_init(&rpc->auth_mu, NULL);
     compute_support(rpc);
     *ret = rpc;
     return QD_OK;
 }
 
-void qd_rpc_reload(struct qd_rpc *rpc, const qd_config *cfg) {
+void qd_rpc_reload(struct qd_rpc *rpc, const qd_config *cfg, struct qd_rpc_auth *auth) {
     atomic_store(&rpc->chunk_bytes, cfg->limits.chunk_bytes);
+    if (!auth) return;
+    pthread_mutex_lock(&rpc->auth_mu);
+    struct qd_rpc_auth *old = rpc->auth;
+    rpc->auth = auth;
+    pthread_mutex_unlock(&rpc->auth_mu);
+    qd_rpc_auth_free(old);
 }
 
-void qd_rpc_free(struct qd_rpc *rpc) { free(rpc); }
+void qd_rpc_free(struct qd_rpc *rpc) {
+    if (!rpc) return;
+    pthread_mutex_destroy(&rpc->auth_mu);
+    qd_rpc_auth_free(rpc->auth);
+    free(rpc);
+}

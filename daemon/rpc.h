@@ -9,7 +9,8 @@
  *     size_t n;
  *     const qd_rpc_method *m = qd_rpc_methods(&n);
  *     opt.methods = m; opt.n_methods = n; opt.app = rpc;   then qd_server_start(&opt, ...)
- *     ... on SIGHUP: qd_rpc_reload(rpc, &new_cfg) ...
+ *     ... on SIGHUP: qd_rpc_auth_load(&new_cfg, &auth, &err), then
+ *                    qd_rpc_reload(rpc, &new_cfg, auth) ...
  *     after qd_server_free(): qd_rpc_free(rpc);
  */
 #ifndef QD_RPC_H
@@ -23,13 +24,31 @@
 
 struct qd_service;
 struct qd_rpc;
+/* The bearer tokens of a config: auth.tokens plus the entries of auth.token_file. */
+struct qd_rpc_auth;
 
-/* The handlers' shared state: the service and the limits they enforce. svc is borrowed and
- * must outlive the server. */
+/*
+ * Authentication: every call but grpc.health.v1.Health's (probes) must carry the metadata
+ * "authorization: Bearer TOKEN" whose sha256 is one of the configured entries, and the
+ * entry's role must cover the method: read (Get*, List*, Watch*, StatModel, GetServerInfo),
+ * submit (read + PutModel, Quantize, CancelJob), admin (submit + DeleteArtifact). Refused
+ * before any handler runs: UNAUTHENTICATED "missing or invalid bearer token" (the token is
+ * never echoed), or PERMISSION_DENIED naming the role needed and the method. With neither
+ * auth.tokens nor auth.token_file set, authentication is off.
+ */
+/* Read cfg's tokens and token file; errors name the file and line. */
+qd_err qd_rpc_auth_load(const qd_config *cfg, struct qd_rpc_auth **ret, qd_error *err);
+/* Accepts NULL. */
+void qd_rpc_auth_free(struct qd_rpc_auth *auth);
+
+/* The handlers' shared state: the service, the limits they enforce and the tokens (loaded
+ * from cfg). svc is borrowed and must outlive the server. */
 qd_err qd_rpc_create(struct qd_service *svc, const qd_config *cfg, struct qd_rpc **ret,
                      qd_error *err);
-/* Take the reloadable limits of a new config (limits.chunk_bytes). */
-void qd_rpc_reload(struct qd_rpc *rpc, const qd_config *cfg);
+/* Take the reloadable limits of a new config (limits.chunk_bytes) and, when auth is not
+ * NULL, its tokens (taken; load them first with qd_rpc_auth_load, so that a token file that
+ * does not load leaves the running tokens in place). */
+void qd_rpc_reload(struct qd_rpc *rpc, const qd_config *cfg, struct qd_rpc_auth *auth);
 /* Accepts NULL. Only after the server that used it is freed. */
 void qd_rpc_free(struct qd_rpc *rpc);
 

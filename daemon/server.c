@@ -36,6 +36,13 @@
  * deadline, then grpc_server_cancel_all_calls and waits again. free destroys the server,
  * shuts the queues down (pending request slots come back failed and are freed by the queue
  * threads), joins every thread and calls grpc_shutdown.
+ *
+ * TLS. The server credentials are built on a certificate-config fetcher, which the core calls
+ * at every new connection: it hands over the material once after each qd_server_set_tls() and
+ * says "unchanged" otherwise, so a SIGHUP swaps the certificate for new connections. The
+ * material is checked with OpenSSL before it is offered, and the core itself keeps the old
+ * certificate when a new one fails to load, so a bad reload cannot leave the server without
+ * one.
  */
 #include "server.h"
 
@@ -59,8 +66,14 @@
 #include <grpc/status.h>
 #include <grpc/support/log.h>
 #include <grpc/support/time.h>
+#include <openssl/bio.h>
+#include <openssl/err.h>
+#include <openssl/evp.h>
+#include <openssl/pem.h>
+#include <openssl/x509.h>
 
 #include "config.h"
+#include "fsutil.h"
 
 /* Request slots kept posted per method and queue: a second call of the same method can be
  * accepted while the first slot is being re-armed. */
@@ -233,6 +246,27 @@ struct qd_server {
     bool shutdown_begun, shutdown_done, shutdown_finished;
     atomic_bool draining;
     struct tag t_shutdown;
+
+    pthread_mutex_t tls_mu;
+    bool tls_mu_inited;
+    struct qd_server_tls *tls; /* guarded by tls_mu; NULL without TLS */
+    struct tls_port *tls_ports; /* one per listen address (TCP ones used) */
+    size_t n_tls_ports;
+};
+
+/* The fetcher's user data, one per TLS address: the core builds a security connector per
+ * address and each must be handed the certificate once (it fails on "unchanged" before its
+ * first one). */
+struct tls_port {
+    struct qd_server *srv;
+    bool fresh; /* guarded by srv->tls_mu: the current material not yet handed over */
+};
+
+/* PEM files hold a few certificates; anything larger is a mistake. */
+#define TLS_FILE_MAX ((size_t)1 << 20)
+
+struct qd_server_tls {
+    char *cert, *key, *client_ca; /* PEM text; client_ca NULL = no client certificates */
 };
 
 /* ---- small helpers --------------------------------------------------------------------------- */
@@ -783,6 +817,148 @@ void *qd_call_app(struct qd_call *c) { return c->srv->app; }
 bool qd_call_draining(struct qd_call *c) { return atomic_load(&c->srv->draining); }
 const char *qd_call_path(const struct qd_call *c) { return c->method->path; }
 
+bool qd_call_metadata(const struct qd_call *c, const char *key, char *buf, size_t cap,
+                      size_t *ret_len) {
+    size_t kl = strlen(key);
+    for (size_t i = 0; i < c->md.count; i++) {
+        const grpc_metadata *m = &c->md.metadata[i];
+        if (GRPC_SLICE_LENGTH(m->key) != kl ||
+            memcmp(GRPC_SLICE_START_PTR(m->key), key, kl) != 0)
+            continue;
+        size_t n = GRPC_SLICE_LENGTH(m->value);
+        *ret_len = n;
+        if (cap) {
+            size_t k = n < cap ? n : cap - 1;
+            memcpy(buf, GRPC_SLICE_START_PTR(m->value), k);
+            buf[k] = '\0';
+        }
+        return true;
+    }
+    *ret_len = 0;
+    if (cap) buf[0] = '\0';
+    return false;
+}
+
+/* ---- TLS ------------------------------------------------------------------------------------- */
+
+void qd_server_tls_free(struct qd_server_tls *tls) {
+    if (!tls) return;
+    free(tls->cert);
+    if (tls->key) {
+        /* The key is a secret: do not leave it in freed heap memory. */
+        volatile char *p = tls->key;
+        while (*p) *p++ = '\0';
+        free(tls->key);
+    }
+    free(tls->client_ca);
+    free(tls);
+}
+
+/* The certificates of a PEM text: how many parse (0 when none; *bad when a block fails). The
+ * first is kept in *first when asked for. */
+static int pem_certs(const char *pem, X509 **first) {
+    BIO *bio = BIO_new_mem_buf(pem, -1);
+    if (!bio) return 0;
+    int n = 0;
+    X509 *x;
+    while ((x = PEM_read_bio_X509(bio, NULL, NULL, NULL)) != NULL) {
+        if (n == 0 && first) *first = x;
+        else X509_free(x);
+        n++;
+    }
+    ERR_clear_error(); /* the end of the text reads as an error */
+    BIO_free(bio);
+    return n;
+}
+
+static qd_err read_pem(const char *key, const char *path, char **out, qd_error *err) {
+    size_t len;
+    qd_error e = {0};
+    qd_err rc = qd_read_file(path, TLS_FILE_MAX, out, &len, &e);
+    if (rc != QD_OK) return qd_error_set(err, rc, "%s: %s", key, e.msg);
+    if (!strstr(*out, "-----BEGIN ")) {
+        free(*out);
+        *out = NULL;
+        return qd_error_set(err, QD_ERR_CONFIG, "%s: %s is not a PEM file", key, path);
+    }
+    return QD_OK;
+}
+
+qd_err qd_server_tls_load(const char *cert, const char *key, const char *client_ca,
+                          struct qd_server_tls **ret, qd_error *err) {
+    *ret = NULL;
+    if (!cert || !key) return qd_error_set(err, QD_ERR_CONFIG, "tls: cert and key are needed");
+    struct qd_server_tls *t = calloc(1, sizeof *t);
+    if (!t) return qd_error_set(err, QD_ERR_NOMEM, "tls: out of memory");
+    qd_err rc = read_pem("tls.cert", cert, &t->cert, err);
+    if (rc == QD_OK) rc = read_pem("tls.key", key, &t->key, err);
+    if (rc == QD_OK && client_ca) rc = read_pem("tls.client_ca", client_ca, &t->client_ca, err);
+    X509 *leaf = NULL;
+    if (rc == QD_OK && pem_certs(t->cert, &leaf) == 0)
+        rc = qd_error_set(err, QD_ERR_CONFIG, "tls.cert: %s holds no certificate", cert);
+    if (rc == QD_OK) {
+        BIO *bio = BIO_new_mem_buf(t->key, -1);
+        EVP_PKEY *pk = bio ? PEM_read_bio_PrivateKey(bio, NULL, NULL, NULL) : NULL;
+        if (!pk)
+            rc = qd_error_set(err, QD_ERR_CONFIG, "tls.key: %s holds no private key that can "
+                              "be read (encrypted keys are not supported)", key);
+        else if (X509_check_private_key(leaf, pk) != 1)
+            rc = qd_error_set(err, QD_ERR_CONFIG, "tls.key: %s does not match the "
+                              "certificate of %s", key, cert);
+        EVP_PKEY_free(pk);
+        BIO_free(bio);
+        ERR_clear_error();
+    }
+    X509_free(leaf);
+    if (rc == QD_OK && t->client_ca && pem_certs(t->client_ca, NULL) == 0)
+        rc = qd_error_set(err, QD_ERR_CONFIG, "tls.client_ca: %s holds no certificate",
+                          client_ca);
+    if (rc != QD_OK) {
+        qd_server_tls_free(t);
+        return rc;
+    }
+    *ret = t;
+    return QD_OK;
+}
+
+/* The core's fetcher (see DESIGN): called at every new connection, on the core's threads. */
+static grpc_ssl_certificate_config_reload_status fetch_tls(
+    void *user, grpc_ssl_server_certificate_config **config) {
+    struct tls_port *port = user;
+    struct qd_server *srv = port->srv;
+    grpc_ssl_certificate_config_reload_status st = GRPC_SSL_CERTIFICATE_CONFIG_RELOAD_UNCHANGED;
+    pthread_mutex_lock(&srv->tls_mu);
+    if (port->fresh && srv->tls) {
+        grpc_ssl_pem_key_cert_pair pair = {.private_key = srv->tls->key,
+                                           .cert_chain = srv->tls->cert};
+        /* The core asserts on NULL roots on this path even when it requests no client
+         * certificate; without a client CA the roots are never consulted, so the server's
+         * own chain stands in. */
+        const char *roots = srv->tls->client_ca ? srv->tls->client_ca : srv->tls->cert;
+        *config = grpc_ssl_server_certificate_config_create(roots, &pair, 1);
+        st = *config ? GRPC_SSL_CERTIFICATE_CONFIG_RELOAD_NEW
+                     : GRPC_SSL_CERTIFICATE_CONFIG_RELOAD_FAIL;
+        port->fresh = false;
+    }
+    pthread_mutex_unlock(&srv->tls_mu);
+    return st;
+}
+
+void qd_server_set_tls(struct qd_server *srv, struct qd_server_tls *tls) {
+    if (!srv || !srv->tls_mu_inited) {
+        qd_server_tls_free(tls);
+        return;
+    }
+    pthread_mutex_lock(&srv->tls_mu);
+    struct qd_server_tls *old = srv->tls;
+    if (old) {
+        srv->tls = tls;
+        for (size_t i = 0; i < srv->n_tls_ports; i++) srv->tls_ports[i].fresh = true;
+    }
+    pthread_mutex_unlock(&srv->tls_mu);
+    qd_server_tls_free(old ? old : tls);
+}
+
 /* ---- lifecycle ------------------------------------------------------------------------------- */
 
 /* The address as bound: a TCP address's port replaced by the real one. */
@@ -906,6 +1082,9 @@ void qd_server_free(struct qd_server *srv) {
     pthread_mutex_destroy(&srv->mu);
     pthread_cond_destroy(&srv->cond);
     if (srv->grpc_inited) grpc_shutdown();
+    if (srv->tls_mu_inited) pthread_mutex_destroy(&srv->tls_mu);
+    qd_server_tls_free(srv->tls);
+    free(srv->tls_ports);
     free(srv);
 }
 
@@ -914,8 +1093,8 @@ static int clamp_threads(int n, int def) {
     return n > MAX_THREADS ? MAX_THREADS : n;
 }
 
-qd_err qd_server_start(const qd_server_options *opt, struct qd_server **ret, qd_error *err) {
-    *ret = NULL;
+/* The options qd_server_start() refuses before it builds anything. */
+static qd_err check_options(const qd_server_options *opt, qd_error *err) {
     if (opt->n_listen == 0) return qd_error_set(err, QD_ERR_CONFIG, "listen: no address");
     if (opt->n_methods == 0) return qd_error_set(err, QD_ERR_INTERNAL, "no methods to serve");
     if (opt->max_message_bytes == 0 || opt->max_message_bytes > INT_MAX)
@@ -925,8 +1104,25 @@ qd_err qd_server_start(const qd_server_options *opt, struct qd_server **ret, qd_
         return qd_error_set(err, QD_ERR_CONFIG,
                             "limits.max_concurrent_streams: %lld out of range",
                             (long long)opt->max_concurrent_streams);
+    return QD_OK;
+}
+
+qd_err qd_server_start(const qd_server_options *opt, struct qd_server **ret, qd_error *err) {
+    *ret = NULL;
+    struct qd_server_tls *tls = opt->tls; /* ours from here on, whatever happens */
+    qd_err rc = check_options(opt, err);
+    if (rc != QD_OK) {
+        qd_server_tls_free(tls);
+        return rc;
+    }
     struct qd_server *srv = calloc(1, sizeof *srv);
-    if (!srv) return qd_error_set(err, QD_ERR_NOMEM, "out of memory starting the server");
+    if (!srv) {
+        qd_server_tls_free(tls);
+        return qd_error_set(err, QD_ERR_NOMEM, "out of memory starting the server");
+    }
+    pthread_mutex_init(&srv->tls_mu, NULL);
+    srv->tls_mu_inited = true;
+    srv->tls = tls;
     pthread_mutex_init(&srv->mu, NULL);
     cond_init_mono(&srv->cond);
     atomic_init(&srv->draining, false);
@@ -936,14 +1132,17 @@ qd_err qd_server_start(const qd_server_options *opt, struct qd_server **ret, qd_
     srv->max_message_bytes = opt->max_message_bytes;
     srv->n_cqs = clamp_threads(opt->n_cq_threads, DEFAULT_CQ_THREADS);
     int n_pool = clamp_threads(opt->n_pool_threads, DEFAULT_POOL_THREADS);
-    qd_err rc = QD_OK;
+    rc = QD_OK;
 
     srv->cqs = calloc((size_t)srv->n_cqs, sizeof *srv->cqs);
     srv->cq_threads = calloc((size_t)srv->n_cqs, sizeof *srv->cq_threads);
     srv->reg = calloc(opt->n_methods, sizeof *srv->reg);
     srv->addrs = calloc(opt->n_listen, sizeof *srv->addrs);
     srv->pool.threads = calloc((size_t)n_pool, sizeof *srv->pool.threads);
-    if (!srv->cqs || !srv->cq_threads || !srv->reg || !srv->addrs || !srv->pool.threads) {
+    srv->tls_ports = calloc(opt->n_listen, sizeof *srv->tls_ports);
+    srv->n_tls_ports = opt->n_listen;
+    if (!srv->cqs || !srv->cq_threads || !srv->reg || !srv->addrs || !srv->pool.threads ||
+        !srv->tls_ports) {
         srv->n_cqs = 0;
         qd_server_free(srv);
         return qd_error_set(err, QD_ERR_NOMEM, "out of memory starting the server");
@@ -1004,10 +1203,33 @@ qd_err qd_server_start(const qd_server_options *opt, struct qd_server **ret, qd_
         grpc_server_register_completion_queue(srv->server, srv->cqs[i], NULL);
     }
     if (rc == QD_OK) {
-        grpc_server_credentials *creds = grpc_insecure_server_credentials_create();
-        for (size_t i = 0; i < opt->n_listen; i++) {
+        grpc_server_credentials *plain = grpc_insecure_server_credentials_create();
+        grpc_ssl_client_certificate_request_type req =
+            srv->tls && srv->tls->client_ca
+                ? GRPC_SSL_REQUEST_AND_REQUIRE_CLIENT_CERTIFICATE_AND_VERIFY
+                : GRPC_SSL_DONT_REQUEST_CLIENT_CERTIFICATE;
+        for (size_t i = 0; rc == QD_OK && i < opt->n_listen; i++) {
             const char *addr = opt->listen[i];
+            grpc_server_credentials *creds = plain, *secure = NULL;
+            if (srv->tls && strncmp(addr, "unix:", 5) != 0) {
+                struct tls_port *tp = &srv->tls_ports[i];
+                pthread_mutex_lock(&srv->tls_mu);
+                tp->srv = srv;
+                tp->fresh = true;
+                pthread_mutex_unlock(&srv->tls_mu);
+                grpc_ssl_server_credentials_options *o =
+                    grpc_ssl_server_credentials_create_options_using_config_fetcher(
+                        req, fetch_tls, tp);
+                secure = o ? grpc_ssl_server_credentials_create_with_options(o) : NULL;
+                if (!secure) {
+                    rc = qd_error_set(err, QD_ERR_CONFIG, "listen: %s: the gRPC core refused "
+                                      "the TLS certificate, key or client CA", addr);
+                    break;
+                }
+                creds = secure;
+            }
             int port = grpc_server_add_http2_port(srv->server, addr, creds);
+            if (secure) grpc_server_credentials_release(secure);
             if (port <= 0) {
                 rc = qd_error_set(err, QD_ERR_UNAVAILABLE,
                                   "listen: cannot listen on %s (address in use, not local, "
@@ -1022,7 +1244,7 @@ qd_err qd_server_start(const qd_server_options *opt, struct qd_server **ret, qd_
             }
             srv->n_addrs = i + 1;
         }
-        grpc_server_credentials_release(creds);
+        grpc_server_credentials_release(plain);
     }
     if (rc != QD_OK) {
         qd_server_free(srv);

@@ -28,6 +28,12 @@
  *     qd_server_shutdown_begin(srv);       refuse new calls, wake waiting handlers
  *     qd_server_shutdown_finish(srv, deadline_ms);  let calls finish, then cancel the rest
  *     qd_server_free(srv);
+ *
+ * Transport security: with opt.tls (from qd_server_tls_load) every TCP address serves TLS,
+ * and mutual TLS when a client CA was given (a client without a certificate signed by it
+ * fails the handshake). Unix sockets stay plaintext: their file mode is their guard. The
+ * certificate is read through a fetcher the core asks at each new connection, so
+ * qd_server_set_tls() (SIGHUP) changes it for new connections without a restart.
  */
 #ifndef QD_SERVER_H
 #define QD_SERVER_H
@@ -71,6 +77,9 @@ typedef struct qd_rpc_method {
     void (*cleanup)(struct qd_call *call); /* may be NULL; see the header comment */
 } qd_rpc_method;
 
+/* A server certificate, its key and the optional client CA, read and checked. */
+struct qd_server_tls;
+
 typedef struct qd_server_options {
     const char *const *listen; /* "host:port", "[v6]:port", "unix:/path" */
     size_t n_listen;
@@ -82,7 +91,21 @@ typedef struct qd_server_options {
     void *app;          /* handed to handlers by qd_call_app() */
     int n_cq_threads;   /* completion-queue threads; 0 = default (2) */
     int n_pool_threads; /* threads that run steps; 0 = default (4) */
+    struct qd_server_tls *tls; /* NULL: plaintext; else taken by qd_server_start (always) */
 } qd_server_options;
+
+/* ---- TLS material ---------------------------------------------------------------------------- */
+
+/* Read the PEM files: cert (a chain, the server's first) and key must be set, client_ca may be
+ * NULL (no client certificates). Checks that each parses and that the key matches the
+ * certificate; errors name the file. */
+qd_err qd_server_tls_load(const char *cert, const char *key, const char *client_ca,
+                          struct qd_server_tls **ret, qd_error *err);
+/* Accepts NULL. */
+void qd_server_tls_free(struct qd_server_tls *tls);
+/* Use tls for the connections accepted from now on (taken; freed at once if the server was
+ * started without TLS). Whether a client certificate is required stays as at start. */
+void qd_server_set_tls(struct qd_server *srv, struct qd_server_tls *tls);
 
 /* ---- lifecycle ------------------------------------------------------------------------------- */
 
@@ -130,6 +153,11 @@ void *qd_call_app(struct qd_call *call);
 bool qd_call_draining(struct qd_call *call);
 /* The method's path, for messages. */
 const char *qd_call_path(const struct qd_call *call);
+/* The value of the client's request metadata key (lowercase, "authorization"): false when
+ * absent. Copies it NUL-terminated into buf; *ret_len is its full length, so a value that
+ * did not fit shows as *ret_len >= cap. */
+bool qd_call_metadata(const struct qd_call *call, const char *key, char *buf, size_t cap,
+                      size_t *ret_len);
 
 /* ---- logging: one line per event on stderr ----------------------------------------------------
  * Levels are those of the config's log_level (enum qd_config_log_level: 0 error .. 4 debug).

@@ -10,6 +10,7 @@
 #include <string.h>
 #include <time.h>
 
+#include "health.pb-c.h"
 #include "quantctl.h"
 
 #define LS_PAGE 100
@@ -484,4 +485,30 @@ int qd_ctl_cmd_info(const qd_ctl_opts *o, int argc, char **argv) {
     else print_info(o, (const Quantd__V1__GetServerInfoResponse *)resp);
     protobuf_c_message_free_unpacked(resp, NULL);
     return QD_CTL_EXIT_OK;
+}
+
+int qd_ctl_cmd_health(const qd_ctl_opts *o, int argc, char **argv) {
+    if (qd_ctl_wants_help(argc, argv)) {
+        printf("usage: quantctl health\n\n"
+               "Ask the server's grpc.health.v1 service whether it serves (as load balancers\n"
+               "and probes do; no token is needed). Prints SERVING or NOT_SERVING; exit\n"
+               "status 0 only for SERVING.\n");
+        return QD_CTL_EXIT_OK;
+    }
+    if (argc > 1) return qd_ctl_usage_error("health", "unexpected argument '%s'", argv[1]);
+    Grpc__Health__V1__HealthCheckRequest req = GRPC__HEALTH__V1__HEALTH_CHECK_REQUEST__INIT;
+    req.service = (char *)"";
+    ProtobufCMessage *resp = NULL;
+    int status = call_once(o, QD_CTL_HEALTH_CHECK, &req.base,
+                           &grpc__health__v1__health_check_response__descriptor, &resp);
+    if (status != QD_CTL_EXIT_OK) return status;
+    const Grpc__Health__V1__HealthCheckResponse *r = (const void *)resp;
+    const ProtobufCEnumValue *v = protobuf_c_enum_descriptor_get_value(
+        &grpc__health__v1__health_check_response__serving_status__descriptor, (int)r->status);
+    const char *word = v ? v->name : "UNKNOWN";
+    bool serving = r->status == GRPC__HEALTH__V1__HEALTH_CHECK_RESPONSE__SERVING_STATUS__SERVING;
+    if (o->json) qd_ctl_json_emit(json_pack("{s:s}", "status", word));
+    else printf("%s\n", word);
+    protobuf_c_message_free_unpacked(resp, NULL);
+    return serving ? QD_CTL_EXIT_OK : QD_CTL_EXIT_FAILED;
 }

@@ -71,7 +71,7 @@ qd_err qd_ctl_parse_rate(const char *text, double *ret, qd_error *err) {
 
 int qd_ctl_open(const qd_ctl_opts *o, struct qd_ctl_conn **ret) {
     qd_ctl_error err = {0};
-    if (qd_ctl_connect(o->server, o->timeout_s, ret, &err) != QD_OK) return qd_ctl_fail(&err);
+    if (qd_ctl_connect(o, ret, &err) != QD_OK) return qd_ctl_fail(&err);
     return QD_CTL_EXIT_OK;
 }
 

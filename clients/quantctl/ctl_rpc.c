@@ -19,6 +19,11 @@
  * large transfer may legitimately run for hours) and end when the server or the connection
  * does.
  *
+ * Security: with a CA or a client certificate given the channel is TLS (the C core's
+ * grpc_ssl_credentials), and a bearer token goes out as "authorization: Bearer TOKEN" in the
+ * initial metadata of every call. gRPC cannot tell a failed handshake from an absent server,
+ * so both are "cannot reach" (exit 4); the message then points at the certificates.
+ *
  * Whose fault: a call that fails with UNAVAILABLE while the channel is no longer connected
  * means the server went away (exit status 4); any other status is the server's answer
  * (exit status 3).
@@ -34,7 +39,11 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "fsutil.h"
 #include "quantctl.h"
+
+/* Certificates and keys are small; a bigger file is the wrong file. */
+#define PEM_MAX ((size_t)1 << 20)
 
 /* Hand-kept table: the C core has no code generation (method paths and streaming kinds). */
 static const struct {
@@ -52,6 +61,7 @@ static const struct {
     [QD_CTL_LIST_ARTIFACTS] = {"/quantd.v1.Quantd/ListArtifacts", "ListArtifacts"},
     [QD_CTL_DELETE_ARTIFACT] = {"/quantd.v1.Quantd/DeleteArtifact", "DeleteArtifact"},
     [QD_CTL_GET_SERVER_INFO] = {"/quantd.v1.Quantd/GetServerInfo", "GetServerInfo"},
+    [QD_CTL_HEALTH_CHECK] = {"/grpc.health.v1.Health/Check", "Health/Check"},
 };
 
 const char *qd_ctl_method_name(qd_ctl_method m) {
@@ -106,6 +116,8 @@ struct qd_ctl_conn {
     double timeout_s;
     char target[256];
     char tag_connect; /* its address is the tag of connectivity watches */
+    char *auth;       /* "Bearer TOKEN", or NULL */
+    bool tls;
 };
 
 static gpr_timespec deadline_after(double seconds) {
@@ -126,16 +138,76 @@ static bool is_local_target(const char *t) {
            strncmp(t, "ipv4:127.", 9) == 0;
 }
 
-qd_err qd_ctl_connect(const char *target, double timeout_s, struct qd_ctl_conn **ret,
-                      qd_ctl_error *err) {
+/* Read a PEM file for an option; on failure the message names the option and the file. */
+static qd_err read_pem(const char *opt, const char *path, char **out, qd_ctl_error *err) {
+    size_t len;
+    qd_error e = {0};
+    qd_err rc = qd_read_file(path, PEM_MAX, out, &len, &e);
+    if (rc != QD_OK) return qd_ctl_error_local(err, rc, "%s: %s", opt, e.msg);
+    return QD_OK;
+}
+
+/* The channel credentials o asks for: insecure, or TLS with its roots and client pair. */
+static qd_err make_creds(const qd_ctl_opts *o, grpc_channel_credentials **ret,
+                         qd_ctl_error *err) {
+    *ret = NULL;
+    if (!o->tls_ca && !o->tls_cert && !o->tls_key) {
+        *ret = grpc_insecure_credentials_create();
+        return QD_OK;
+    }
+    if (!o->tls_cert != !o->tls_key)
+        return qd_ctl_error_local(err, QD_ERR_INVALID_ARG,
+                                  "--tls-cert and --tls-key go together");
+    char *ca = NULL, *cert = NULL, *key = NULL;
+    qd_err rc = QD_OK;
+    if (o->tls_ca) rc = read_pem("--tls-ca", o->tls_ca, &ca, err);
+    if (rc == QD_OK && o->tls_cert) rc = read_pem("--tls-cert", o->tls_cert, &cert, err);
+    if (rc == QD_OK && o->tls_key) rc = read_pem("--tls-key", o->tls_key, &key, err);
+    if (rc == QD_OK) {
+        /* NULL roots: the core's default roots (GRPC_DEFAULT_SSL_ROOTS_FILE_PATH). */
+        grpc_ssl_pem_key_cert_pair pair = {.private_key = key, .cert_chain = cert};
+        *ret = grpc_ssl_credentials_create(ca, cert ? &pair : NULL, NULL, NULL);
+        if (!*ret)
+            rc = qd_ctl_error_local(err, QD_ERR_INVALID_ARG,
+                                    "the gRPC core refused the TLS certificates given");
+    }
+    free(ca);
+    free(cert);
+    if (key) {
+        memset(key, 0, strlen(key)); /* a secret: not left in freed memory */
+        free(key);
+    }
+    return rc;
+}
+
+qd_err qd_ctl_connect(const qd_ctl_opts *o, struct qd_ctl_conn **ret, qd_ctl_error *err) {
+    const char *target = o->server;
+    double timeout_s = o->timeout_s;
+    *ret = NULL;
     struct qd_ctl_conn *c = calloc(1, sizeof *c);
     if (!c) return qd_ctl_error_local(err, QD_ERR_NOMEM, "out of memory");
     snprintf(c->target, sizeof c->target, "%s", target);
     c->timeout_s = timeout_s;
+    if (o->token) {
+        size_t n = strlen(o->token) + sizeof "Bearer ";
+        c->auth = malloc(n);
+        if (!c->auth) {
+            qd_ctl_close(c);
+            return qd_ctl_error_local(err, QD_ERR_NOMEM, "out of memory");
+        }
+        snprintf(c->auth, n, "Bearer %s", o->token);
+    }
+    grpc_channel_credentials *creds;
+    qd_err rc = make_creds(o, &creds, err);
+    if (rc != QD_OK) {
+        qd_ctl_close(c);
+        return rc;
+    }
+    c->tls = o->tls_ca || o->tls_cert;
 
     /* Responses carry chunks of up to the server's limits.max_message_bytes (256 MiB at
      * most), above gRPC's 4 MiB default. */
-    grpc_arg args[2];
+    grpc_arg args[3];
     size_t n_args = 0;
     args[n_args].type = GRPC_ARG_INTEGER;
     args[n_args].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
@@ -145,8 +217,12 @@ qd_err qd_ctl_connect(const char *target, double timeout_s, struct qd_ctl_conn *
         args[n_args].key = (char *)GRPC_ARG_ENABLE_HTTP_PROXY;
         args[n_args++].value.integer = 0;
     }
+    if (c->tls && o->tls_server_name) {
+        args[n_args].type = GRPC_ARG_STRING;
+        args[n_args].key = (char *)GRPC_SSL_TARGET_NAME_OVERRIDE_ARG;
+        args[n_args++].value.string = (char *)o->tls_server_name;
+    }
     grpc_channel_args cargs = {.num_args = n_args, .args = args};
-    grpc_channel_credentials *creds = grpc_insecure_credentials_create();
     c->ch = grpc_channel_create(target, creds, &cargs);
     grpc_channel_credentials_release(creds);
     c->cq = grpc_completion_queue_create_for_pluck(NULL);
@@ -161,9 +237,12 @@ qd_err qd_ctl_connect(const char *target, double timeout_s, struct qd_ctl_conn *
     grpc_connectivity_state s = grpc_channel_check_connectivity_state(c->ch, 1);
     while (s != GRPC_CHANNEL_READY) {
         if (s == GRPC_CHANNEL_TRANSIENT_FAILURE || s == GRPC_CHANNEL_SHUTDOWN) {
-            qd_ctl_close(c);
             qd_error_set(&err->e, QD_ERR_UNAVAILABLE,
-                         "cannot reach the server at %s: connection failed", target);
+                         "cannot reach the server at %s: connection failed%s", target,
+                         c->tls ? " (or the TLS handshake: check --tls-ca, --tls-cert and "
+                                  "--tls-key)"
+                                : "");
+            qd_ctl_close(c);
             err->exit_status = QD_CTL_EXIT_UNREACHABLE;
             return QD_ERR_UNAVAILABLE;
         }
@@ -193,6 +272,10 @@ void qd_ctl_close(struct qd_ctl_conn *c) {
                    .type != GRPC_QUEUE_SHUTDOWN) {
         }
         grpc_completion_queue_destroy(c->cq);
+    }
+    if (c->auth) {
+        memset(c->auth, 0, strlen(c->auth));
+        free(c->auth);
     }
     free(c);
 }
@@ -332,9 +415,18 @@ static bool call_send(call_state *cs, bool initial_md, const ProtobufCMessage *m
     size_t n = 0;
     memset(ops, 0, sizeof ops);
     grpc_byte_buffer *bb = msg ? pack_message(msg) : NULL;
+    grpc_metadata md;
+    memset(&md, 0, sizeof md);
     if (initial_md) {
         ops[n].op = GRPC_OP_SEND_INITIAL_METADATA;
-        ops[n++].data.send_initial_metadata.count = 0;
+        if (cs->c->auth) {
+            /* The batch is plucked below, so the slices outlive it. */
+            md.key = grpc_slice_from_static_string("authorization");
+            md.value = grpc_slice_from_static_string(cs->c->auth);
+            ops[n].data.send_initial_metadata.count = 1;
+            ops[n].data.send_initial_metadata.metadata = &md;
+        }
+        n++;
     }
     if (bb) {
         ops[n].op = GRPC_OP_SEND_MESSAGE;

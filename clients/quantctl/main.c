@@ -19,6 +19,7 @@
 #include <string.h>
 #include <unistd.h>
 
+#include "fsutil.h"
 #include "quantctl.h"
 
 #ifndef QD_VERSION
@@ -41,10 +42,13 @@ static const struct {
     {"cancel", qd_ctl_cmd_cancel, "JOB", "cancel a queued or running job"},
     {"rm", qd_ctl_cmd_rm, "ARTIFACT", "delete an artifact from the server's cache"},
     {"info", qd_ctl_cmd_info, "", "the server's version, devices, methods, cache, limits"},
+    {"health", qd_ctl_cmd_health, "", "whether the server serves (grpc.health.v1, no token)"},
 };
 
 static void usage(FILE *out) {
     fprintf(out, "usage: quantctl [--server ADDR] [--timeout SECONDS] [--json] [--quiet]\n"
+                 "                [--token TOKEN | --token-file FILE] [--tls-ca FILE]\n"
+                 "                [--tls-cert FILE --tls-key FILE] [--tls-server-name NAME]\n"
                  "                <command> [arguments]\n\n"
                  "The command-line client of a quantd server.\n\ncommands:\n");
     for (size_t i = 0; i < sizeof commands / sizeof commands[0]; i++) {
@@ -62,6 +66,16 @@ static void usage(FILE *out) {
             "  --json             results as JSON on stdout, one object per line\n"
             "  -q, --quiet        nothing on stderr but errors\n"
             "  --version          print quantctl's version\n"
+            "  --token TOKEN      bearer token sent with every call; default $QUANTD_TOKEN\n"
+            "                     (prefer --token-file or the variable: argv is visible to\n"
+            "                     other users of the machine)\n"
+            "  --token-file FILE  read the token from FILE's first line\n"
+            "  --tls-ca FILE      connect with TLS; the server's certificate must chain to the\n"
+            "                     PEM CAs in FILE\n"
+            "  --tls-cert FILE    client certificate (PEM) for mutual TLS; with --tls-key\n"
+            "  --tls-key FILE     its private key (PEM)\n"
+            "  --tls-server-name NAME  the name the server's certificate must carry, when it\n"
+            "                     is not the host of --server\n"
             "\n"
             "Progress (transfer rates, a job's layer i/n and ETA) is drawn on stderr, and only\n"
             "when stderr is a terminal.\n"
@@ -75,6 +89,55 @@ static void usage(FILE *out) {
 }
 
 /* ---- main ----------------------------------------------------------------------------------- */
+
+/* The token of --token-file: its first line, without the line end. NULL (after printing why)
+ * when it cannot be read or is empty. */
+static char *read_token_file(const char *path) {
+    char *buf;
+    size_t len;
+    qd_error err = {0};
+    if (qd_read_file(path, 64 * 1024, &buf, &len, &err) != QD_OK) {
+        fprintf(stderr, "quantctl: --token-file: %s\n", err.msg);
+        return NULL;
+    }
+    buf[strcspn(buf, "\r\n")] = '\0';
+    if (!buf[0]) {
+        fprintf(stderr, "quantctl: --token-file %s: the first line is empty\n", path);
+        free(buf);
+        return NULL;
+    }
+    return buf;
+}
+
+/* Global options that take a value, and where each goes. */
+enum global_opt { G_SERVER, G_TIMEOUT, G_TOKEN, G_TOKEN_FILE, G_CA, G_CERT, G_KEY, G_NAME };
+static const char *const global_opts[] = {
+    [G_SERVER] = "--server",     [G_TIMEOUT] = "--timeout",   [G_TOKEN] = "--token",
+    [G_TOKEN_FILE] = "--token-file", [G_CA] = "--tls-ca",      [G_CERT] = "--tls-cert",
+    [G_KEY] = "--tls-key",       [G_NAME] = "--tls-server-name",
+};
+#define N_GLOBAL_OPTS (sizeof global_opts / sizeof global_opts[0])
+
+/* Which global option with a value argv[*i] is (-1 if none); *value gets it. */
+static int global_opt(int argc, char **argv, int *i, const char **value, bool *missing) {
+    const char *a = argv[*i];
+    for (size_t k = 0; k < N_GLOBAL_OPTS; k++) {
+        size_t n = strlen(global_opts[k]);
+        if (strncmp(a, global_opts[k], n) != 0) continue;
+        if (a[n] == '=') {
+            *value = a + n + 1;
+            return (int)k;
+        }
+        if (a[n] != '\0') continue;
+        if (*i + 1 >= argc) {
+            *missing = true;
+            return (int)k;
+        }
+        *value = argv[++*i];
+        return (int)k;
+    }
+    return -1;
+}
 
 static int parse_timeout(const char *text, double *ret) {
     char *end = NULL;
@@ -101,33 +164,43 @@ int main(int argc, char **argv) {
     }
     int n = 0;
     bool dashdash = false, version = false;
+    const char *token_file = NULL;
+    char *token_buf = NULL;
+    const char *env_token = getenv("QUANTD_TOKEN");
+    if (env_token && env_token[0]) o.token = env_token;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = NULL;
-        bool takes_value = strcmp(a, "--server") == 0 || strcmp(a, "--timeout") == 0;
-        if (!dashdash && takes_value) {
-            if (i + 1 >= argc) {
-                fprintf(stderr, "quantctl: option '%s' needs a value\n", a);
-                goto usage_fail;
-            }
-            v = argv[++i];
-        } else if (!dashdash && strncmp(a, "--server=", 9) == 0) {
-            v = a + 9;
-        } else if (!dashdash && strncmp(a, "--timeout=", 10) == 0) {
-            v = a + 10;
+        bool missing = false;
+        int g = dashdash ? -1 : global_opt(argc, argv, &i, &v, &missing);
+        if (missing) {
+            fprintf(stderr, "quantctl: option '%s' needs a value\n", a);
+            goto usage_fail;
+        }
+        if (g >= 0 && !v[0]) {
+            fprintf(stderr, "quantctl: %s: empty value\n", global_opts[g]);
+            goto usage_fail;
         }
         if (dashdash) {
             rest[n++] = argv[i];
         } else if (strcmp(a, "--") == 0) {
             dashdash = true;
             rest[n++] = argv[i];
-        } else if (v && a[2] == 's') {
-            if (!v[0]) {
-                fprintf(stderr, "quantctl: --server: empty address\n");
-                goto usage_fail;
-            }
+        } else if (g == G_SERVER) {
             o.server = v;
-        } else if (v) {
+        } else if (g == G_TIMEOUT) {
             if (parse_timeout(v, &o.timeout_s) != 0) goto usage_fail;
+        } else if (g == G_TOKEN) {
+            o.token = v;
+        } else if (g == G_TOKEN_FILE) {
+            token_file = v;
+        } else if (g == G_CA) {
+            o.tls_ca = v;
+        } else if (g == G_CERT) {
+            o.tls_cert = v;
+        } else if (g == G_KEY) {
+            o.tls_key = v;
+        } else if (g == G_NAME) {
+            o.tls_server_name = v;
         } else if (strcmp(a, "--json") == 0) {
             o.json = true;
         } else if (strcmp(a, "-q") == 0 || strcmp(a, "--quiet") == 0) {
@@ -138,15 +211,28 @@ int main(int argc, char **argv) {
             rest[n++] = argv[i];
         }
     }
+    if (!o.tls_cert != !o.tls_key) {
+        fprintf(stderr, "quantctl: --tls-cert and --tls-key go together\n");
+        goto usage_fail;
+    }
+    if (token_file) {
+        if (!(token_buf = read_token_file(token_file))) {
+            free(rest);
+            return QD_CTL_EXIT_FAILED;
+        }
+        o.token = token_buf;
+    }
     o.progress = !o.quiet && !o.json && isatty(STDERR_FILENO);
     if (version) {
         printf("quantctl %s\n", QD_VERSION);
+        free(token_buf);
         free(rest);
         return QD_CTL_EXIT_OK;
     }
     if (n == 0 || strcmp(rest[0], "--help") == 0 || strcmp(rest[0], "-h") == 0 ||
         strcmp(rest[0], "help") == 0) {
         usage(n == 0 ? stderr : stdout);
+        free(token_buf);
         free(rest);
         return n == 0 ? QD_CTL_EXIT_USAGE : QD_CTL_EXIT_OK;
     }
@@ -155,12 +241,14 @@ int main(int argc, char **argv) {
         qd_ctl_rpc_init();
         int status = commands[k].fn(&o, n, rest);
         qd_ctl_rpc_shutdown();
+        free(token_buf);
         free(rest);
         return status;
     }
     fprintf(stderr, "quantctl: unknown command '%s'\n\n", rest[0]);
     usage(stderr);
 usage_fail:
+    free(token_buf);
     free(rest);
     return QD_CTL_EXIT_USAGE;
 }

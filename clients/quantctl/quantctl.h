@@ -65,6 +65,10 @@ typedef struct qd_ctl_opts {
     bool json;          /* one JSON object per result on stdout */
     bool quiet;         /* no progress; only results */
     bool progress;      /* draw progress on stderr (a TTY and not quiet) */
+    const char *token;  /* bearer token sent with every call; NULL = none */
+    const char *tls_ca; /* PEM roots the server's certificate must chain to; set = TLS */
+    const char *tls_cert, *tls_key;  /* client certificate and key (mutual TLS); set = TLS */
+    const char *tls_server_name;     /* name checked in the server's certificate (tests) */
 } qd_ctl_opts;
 
 /* ---- the gRPC client (ctl_rpc.c) ------------------------------------------------------------ */
@@ -82,6 +86,7 @@ typedef enum qd_ctl_method {
     QD_CTL_LIST_ARTIFACTS,
     QD_CTL_DELETE_ARTIFACT,
     QD_CTL_GET_SERVER_INFO,
+    QD_CTL_HEALTH_CHECK, /* grpc.health.v1.Health/Check: no token needed */
     QD_CTL_METHOD_COUNT
 } qd_ctl_method;
 
@@ -95,10 +100,11 @@ void qd_ctl_rpc_init(void);
 void qd_ctl_rpc_shutdown(void);
 
 struct qd_ctl_conn;
-/* Open a channel to target and wait (up to timeout_s) until it is connected. A refused or
- * timed-out connection is exit status 4, naming the target. */
-qd_err qd_ctl_connect(const char *target, double timeout_s, struct qd_ctl_conn **ret,
-                      qd_ctl_error *err);
+/* Open a channel to o->server and wait (up to o->timeout_s) until it is connected: TLS when
+ * any o->tls_* is set (mutual with tls_cert/tls_key), the bearer token o->token on every call.
+ * A refused or timed-out connection (a failed TLS handshake included) is exit status 4,
+ * naming the target; an unreadable certificate file is 1. */
+qd_err qd_ctl_connect(const qd_ctl_opts *o, struct qd_ctl_conn **ret, qd_ctl_error *err);
 /* Accepts NULL. */
 void qd_ctl_close(struct qd_ctl_conn *c);
 
@@ -335,5 +341,6 @@ int qd_ctl_cmd_ls(const qd_ctl_opts *o, int argc, char **argv);
 int qd_ctl_cmd_cancel(const qd_ctl_opts *o, int argc, char **argv);
 int qd_ctl_cmd_rm(const qd_ctl_opts *o, int argc, char **argv);
 int qd_ctl_cmd_info(const qd_ctl_opts *o, int argc, char **argv);
+int qd_ctl_cmd_health(const qd_ctl_opts *o, int argc, char **argv);
 
 #endif /* QD_QUANTCTL_H */

@@ -66,7 +66,7 @@ static bool list_is(char **v, size_t n, const char *const *want, size_t nwant) {
 
 QD_TEST(table_is_well_formed) {
     size_t n = qd_config_key_count();
-    QD_CHECK_EQ_INT(n, 16);
+    QD_CHECK_EQ_INT(n, 22);
     QD_CHECK(qd_config_key_at(n) == NULL);
     for (size_t i = 0; i < n; i++) {
         const qd_config_key *k = qd_config_key_at(i);
@@ -125,6 +125,7 @@ QD_TEST(reload_flags_match_the_spec) {
     static const char *const reloadable[] = {
         "log_level", "workers.threads", "limits.chunk_bytes", "limits.max_upload_bytes",
         "limits.max_queued_jobs", "cache.max_bytes", "shutdown.drain_seconds",
+        "auth.tokens", "auth.token_file",
     };
     for (size_t i = 0; i < qd_config_key_count(); i++) {
         const qd_config_key *k = qd_config_key_at(i);
@@ -485,7 +486,9 @@ QD_TEST(list_items_are_checked) {
     for (size_t i = 0; i < sizeof good_listen / sizeof good_listen[0]; i++) {
         qd_config c = {0};
         qd_error err = {0};
-        snprintf(yaml, sizeof yaml, "listen: [\"%s\"]\n", good_listen[i]);
+        /* allow_insecure_remote: this is about the address syntax, not the transport rule */
+        snprintf(yaml, sizeof yaml, "allow_insecure_remote: true\nlisten: [\"%s\"]\n",
+                 good_listen[i]);
         QD_CHECK_OK(parse(yaml, &c, &err), &err);
         qd_config_free(&c);
     }
@@ -511,6 +514,87 @@ QD_TEST(list_items_are_checked) {
                 NULL);
     EXPECT_FAIL("devices: [{a: 1}]\n", "devices: item 1: expected a string, found a mapping",
                 NULL, NULL);
+}
+
+/* ---- security keys --------------------------------------------------------------------------- */
+
+#define HASH_A "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08"
+
+QD_TEST(security_defaults_are_open_loopback) {
+    qd_config c = {0};
+    qd_error err = {0};
+    QD_CHECK_OK(parse("", &c, &err), &err);
+    QD_CHECK(c.tls.cert == NULL && c.tls.key == NULL && c.tls.client_ca == NULL);
+    QD_CHECK(!c.allow_insecure_remote);
+    QD_CHECK_EQ_INT(c.auth.n_tokens, 0);
+    QD_CHECK(c.auth.token_file == NULL);
+    qd_config_free(&c);
+}
+
+QD_TEST(plaintext_remote_listen_is_refused) {
+    /* Each non-local address is named; loopback and unix sockets pass. */
+    EXPECT_FAIL("listen: [\"0.0.0.0:7433\"]\n", "listen: '0.0.0.0:7433' is neither loopback",
+                "allow_insecure_remote", NULL);
+    EXPECT_FAIL("listen: [\"127.0.0.1:1\", \"[::]:80\"]\n", "'[::]:80' is neither", NULL, NULL);
+    EXPECT_FAIL("listen: [\"my-host:80\"]\n", "'my-host:80'", NULL, NULL);
+    EXPECT_FAIL("listen: [\"128.0.0.1:80\"]\n", "'128.0.0.1:80'", NULL, NULL);
+    qd_config c = {0};
+    qd_error err = {0};
+    QD_CHECK_OK(parse("listen: [\"127.9.8.7:1\", \"[::1]:2\", \"localhost:3\", "
+                      "\"unix:/run/q.sock\"]\n", &c, &err), &err);
+    QD_CHECK_OK(parse("listen: [\"0.0.0.0:1\"]\nallow_insecure_remote: yes\n", &c, &err), &err);
+    QD_CHECK(c.allow_insecure_remote);
+    QD_CHECK_OK(parse("listen: [\"0.0.0.0:1\"]\ntls: {cert: /c.pem, key: /k.pem}\n", &c, &err),
+                &err);
+    QD_CHECK_EQ_STR(c.tls.cert, "/c.pem");
+    QD_CHECK_EQ_STR(c.tls.key, "/k.pem");
+    qd_config_free(&c);
+    QD_CHECK(qd_config_listen_is_local("127.0.0.1:0"));
+    QD_CHECK(qd_config_listen_is_local("[::1]:0"));
+    QD_CHECK(!qd_config_listen_is_local("[::]:0"));
+    QD_CHECK(!qd_config_listen_is_local("127.0.0.1.example.org:80"));
+}
+
+QD_TEST(tls_keys_come_in_pairs) {
+    EXPECT_FAIL("tls.cert: /c.pem\n", "tls.key: not set, but tls.cert is", NULL, NULL);
+    EXPECT_FAIL("tls.key: /k.pem\n", "tls.cert: not set, but tls.key is", NULL, NULL);
+    EXPECT_FAIL("tls.client_ca: /ca.pem\n", "tls.client_ca: needs tls.cert", NULL, NULL);
+    EXPECT_FAIL("tls.cert: c.pem\n", "tls.cert: expected an absolute path", NULL, NULL);
+}
+
+QD_TEST(auth_entries) {
+    qd_config_token t;
+    qd_error err = {0};
+    QD_CHECK_OK(qd_config_parse_token("submit:" HASH_A ":ci-bot", &t, &err), &err);
+    QD_CHECK_EQ_INT(t.role, QD_ROLE_SUBMIT);
+    QD_CHECK_EQ_INT(t.sha256[0], 0x9f);
+    QD_CHECK_EQ_INT(t.sha256[31], 0x08);
+    QD_CHECK_EQ_STR(t.name, "ci-bot");
+    QD_CHECK_OK(qd_config_parse_token("admin:" HASH_A, &t, &err), &err);
+    QD_CHECK_EQ_INT(t.role, QD_ROLE_ADMIN);
+    QD_CHECK_EQ_STR(t.name, "");
+    static const char *const bad[] = {
+        "root:" HASH_A, "read", "read:abc", "read:" HASH_A "0", "read:" HASH_A ":",
+        "read:" HASH_A ":a b", "read:" HASH_A ":a:b",
+        "read:zz86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",
+    };
+    for (size_t i = 0; i < sizeof bad / sizeof bad[0]; i++) {
+        qd_error e = {0};
+        QD_CHECK_MSG(qd_config_parse_token(bad[i], &t, &e) == QD_ERR_CONFIG, "accepted '%s'",
+                     bad[i]);
+        /* The hash (or a token pasted in its place) never reaches a message. */
+        QD_CHECK_MSG(strstr(e.msg, "9f86d0") == NULL && strstr(e.msg, "zz86") == NULL,
+                     "message quotes the hash: %s", e.msg);
+    }
+    qd_config c = {0};
+    QD_CHECK_OK(parse("auth:\n  tokens: [\"read:" HASH_A "\"]\n  token_file: /etc/t\n", &c,
+                      &err), &err);
+    QD_CHECK_EQ_INT(c.auth.n_tokens, 1);
+    QD_CHECK_EQ_STR(c.auth.token_file, "/etc/t");
+    qd_config_free(&c);
+    EXPECT_FAIL("auth.tokens: [\"writer:" HASH_A "\"]\n", "auth.tokens: item 1",
+                "expected a role read, submit or admin, got 'writer'", NULL);
+    EXPECT_FAIL("auth.tokens: [\"read:s3cr3t\"]\n", "64 hex digits", NULL, NULL);
 }
 
 QD_TEST(path_values) {
@@ -833,6 +917,8 @@ static void check_round_trip(const char *yaml) {
 QD_TEST(dump_parses_back_to_the_same_config) {
     check_round_trip("");
     check_round_trip("listen: [\"unix:/run/q.sock\", \"[::1]:7433\", \"h:1\"]\n"
+                     "tls: {cert: /etc/q/c.pem, key: /etc/q/k.pem, client_ca: /etc/q/ca.pem}\n"
+                     "auth: {tokens: [\"admin:" HASH_A ":ops\"], token_file: /etc/q/tokens}\n"
                      "data_dir: /srv/quantd\n"
                      "log_level: debug\n"
                      "workers: {cpu: 0, threads: 1024}\n"
@@ -876,13 +962,15 @@ QD_TEST(immutable_changes_for_reload) {
     qd_config a = {0}, b = {0};
     qd_error err = {0};
     QD_REQUIRE(parse("", &a, &err) == QD_OK);
-    QD_REQUIRE(parse("log_level: debug\nworkers: {cpu: 2, threads: 3}\nlisten: [\"h:1\"]\n",
+    QD_REQUIRE(parse("log_level: debug\nworkers: {cpu: 2, threads: 3}\nlisten: [\"h:1\"]\n"
+                     "allow_insecure_remote: true\n",
                      &b, &err) == QD_OK);
     const char *names[4] = {0};
-    QD_CHECK_EQ_INT(qd_config_immutable_changes(&a, &b, names, 4), 2);
+    QD_CHECK_EQ_INT(qd_config_immutable_changes(&a, &b, names, 4), 3);
     QD_CHECK_EQ_STR(names[0], "listen");
     QD_CHECK_EQ_STR(names[1], "workers.cpu");
-    QD_CHECK_EQ_INT(qd_config_immutable_changes(&a, &b, names, 1), 2); /* count beyond cap */
+    QD_CHECK_EQ_STR(names[2], "allow_insecure_remote");
+    QD_CHECK_EQ_INT(qd_config_immutable_changes(&a, &b, names, 1), 3); /* count beyond cap */
     QD_CHECK_EQ_INT(qd_config_immutable_changes(&a, &a, NULL, 0), 0);
     QD_CHECK(!qd_config_equal(&a, &b));
     QD_CHECK(!qd_config_key_equal(&a, &b, 2)); /* log_level */
