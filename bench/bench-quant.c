@@ -1,16 +1,23 @@
 /*
- * bench-quant.c - throughput of each quantization method on one synthetic linear layer, next
- * to the machine's memory bandwidth measured in the same run. It reports; it never asserts.
+ * bench-quant.c - throughput of each quantization method, and of each artifact format's
+ * packing, on one synthetic linear layer, next to the machine's memory bandwidth measured in
+ * the same run. It reports; it never asserts.
  *
  *   bench-quant [--n 4096] [--k 4096] [--tokens 2048] [--awq-tokens 0] [--reps 3]
- *               [--threads 0] [--methods rtn,fp8,smoothquant,awq,gptq]
+ *               [--threads 0] [--methods rtn,iq,pack,fp8,smoothquant,awq,gptq] [--tsv]
  *
- * Output: a header (shape, threads, memcpy bandwidth), then one table row per method:
- *   time     wall clock (CLOCK_MONOTONIC) of the fastest of --reps runs, all phases included
- *   GB/s     n * k * 4 bytes of fp32 input weights / time
- *   of copy  GB/s as a percentage of the memcpy rate: 100% means the method quantizes the
- *            weights as fast as the machine can copy them
- *   phases   the same run broken down (AWQ's and GPTQ's searches apart from the quantization)
+ * Output: a header (shape, threads, memcpy bandwidth), then one table row per method and
+ * setting:
+ *   time       wall clock (CLOCK_MONOTONIC) of the fastest of --reps runs, all phases included
+ *   GB/s       n * k * 4 bytes of fp32 weights / time: the weights as the quantizers read them
+ *              (pack rows: n * k bytes, the one-byte codes a packer reads)
+ *   bf16 GB/s  n * k * 2 bytes / time: the same rate counted in a bf16 checkpoint's bytes
+ *   of copy    GB/s as a percentage of the memcpy rate: 100% means the step goes through the
+ *              weights as fast as the machine can copy them
+ *   phases     the same run broken down (AWQ's and GPTQ's searches apart from the quantization)
+ * With --tsv the header is "key<TAB>value" lines and each row is
+ *   row<TAB>method<TAB>settings<TAB>time s<TAB>GB/s<TAB>of copy %<TAB>phases
+ * (bench/run reads those).
  *
  * DESIGN
  * Everything runs on the cpu kernels with the thread count they use by default (every online
@@ -23,8 +30,16 @@
  * uniform in +-1 with eight input channels 30 times larger, the outliers that give SmoothQuant
  * and AWQ something to act on. The timings do not depend on the values beyond that.
  *
- * What each method's time covers (one call per linear, as the quantizers run it):
- *   rtn          qd_rtn_quantize, int4 groups of 128, AutoAWQ's asymmetric rule, fp16 scales
+ * What each row's time covers (one call per linear, as the quantizers run it):
+ *   rtn          qd_rtn_quantize: int4 groups of 128 with AutoAWQ's asymmetric rule and fp16
+ *                scales; int8 per output channel, absmax / 127, fp32 scales
+ *   iq           the same call with DashInfer InstantQuant's rules (a float zero point):
+ *                uint4 groups of 128, int8 per output channel
+ *   pack         format->pack of an already quantized layer (the codes are made first, with
+ *                the format's own rule, outside the timing): int4 groups of 128 in each format
+ *                (AutoAWQ, GPTQ v1, GPTQ v2, compressed-tensors, ModelOpt, DashInfer), then
+ *                compressed-tensors' int8 per-channel W8A8 and fp8 W8A8 layouts. The packed
+ *                tensors are freed between runs, outside the timing.
  *   fp8          qd_fp8_quantize, e4m3 with one per-tensor scale (the compressed-tensors preset)
  *   smoothquant  smooth: per-channel max |x| over the tokens, qd_sq_scales, qd_sq_fold into W;
  *                quant: qd_rtn_quantize int8 per output channel, absmax / 127. (W is restored
@@ -41,8 +56,8 @@
  *                int4 groups of 128, symmetric, block 128.
  * AWQ's scale search runs 22 forward GEMMs of [tokens, k] x [k, n] (the float output, plain RTN,
  * then 20 ratios), so its time grows with the token count, while the clip search always works on
- * 512 sampled tokens. On two cores the default run (2048 tokens everywhere) takes under two
- * minutes, most of it AWQ; --awq-tokens shortens that.
+ * 512 sampled tokens. On two cores the default run (2048 tokens everywhere) takes a few minutes,
+ * most of it AWQ; --awq-tokens shortens that.
  */
 #include <errno.h>
 #include <stdbool.h>
@@ -54,6 +69,7 @@
 
 #include "awq.h"
 #include "error.h"
+#include "formats/format.h"
 #include "gptq.h"
 #include "ops.h"
 #include "qlinear.h"
@@ -86,12 +102,14 @@ static float *alloc_floats(size_t count) {
 
 /* ---- options ---- */
 
-enum { M_RTN, M_FP8, M_SQ, M_AWQ, M_GPTQ, M_COUNT };
-static const char *const method_names[M_COUNT] = {"rtn", "fp8", "smoothquant", "awq", "gptq"};
+enum { M_RTN, M_IQ, M_PACK, M_FP8, M_SQ, M_AWQ, M_GPTQ, M_COUNT };
+static const char *const method_names[M_COUNT] = {"rtn", "iq",  "pack", "fp8",
+                                                  "smoothquant", "awq", "gptq"};
 
 typedef struct opts {
     long n, k, tokens, awq_tokens, reps, threads;
     bool run[M_COUNT];
+    bool tsv;
 } opts;
 
 /* A decimal integer in [lo, hi], the whole string. */
@@ -127,18 +145,24 @@ static bool parse_methods(const char *s, bool *run) {
 static void usage(void) {
     fprintf(stderr,
             "usage: bench-quant [--n 4096] [--k 4096] [--tokens 2048] [--awq-tokens 0]\n"
-            "                   [--reps 3] [--threads 0] [--methods rtn,fp8,smoothquant,awq,gptq]\n"
-            "  n, k in 1..65536 (k a multiple of %d); tokens in 1..1048576; reps in 1..100;\n"
-            "  awq-tokens 0: all the tokens; threads 0: every online CPU (the kernels' default)\n",
+            "                   [--reps 3] [--threads 0] [--tsv]\n"
+            "                   [--methods rtn,iq,pack,fp8,smoothquant,awq,gptq]\n"
+            "  n, k in 1..65536 (n a multiple of 8, k of %d); tokens in 1..1048576;\n"
+            "  reps in 1..100; awq-tokens 0: all the tokens; threads 0: every online CPU\n",
             GROUP);
 }
 
 static bool parse_opts(int argc, char **argv, opts *o) {
     *o = (opts){.n = 4096, .k = 4096, .tokens = 2048, .reps = 3};
     for (int m = 0; m < M_COUNT; m++) o->run[m] = true;
-    for (int i = 1; i < argc; i += 2) {
+    for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
+        if (strcmp(a, "--tsv") == 0) {
+            o->tsv = true;
+            continue;
+        }
         if (!v) return false;
+        i++;
         bool ok;
         if (strcmp(a, "--n") == 0) ok = parse_long(v, 1, 65536, &o->n);
         else if (strcmp(a, "--k") == 0) ok = parse_long(v, 1, 65536, &o->k);
@@ -151,7 +175,8 @@ static bool parse_opts(int argc, char **argv, opts *o) {
         else ok = false;
         if (!ok) return false;
     }
-    if (o->k % GROUP != 0 || o->k > QD_GPTQ_MAX_K) return false;
+    /* every format packs 8 output rows or 8 input columns to a word: keep both divisible */
+    if (o->k % GROUP != 0 || o->n % 8 != 0 || o->k > QD_GPTQ_MAX_K) return false;
     /* AWQ takes the first rows of the same x: never more tokens than there are */
     if (o->awq_tokens == 0 || o->awq_tokens > o->tokens) o->awq_tokens = o->tokens;
     return true;
@@ -236,13 +261,110 @@ static void add_phase(run_time *rt, const char *name, double t, bool part) {
     rt->t[rt->n_phase++] = t;
 }
 
-static qd_err run_rtn(const layer *L, run_time *rt, qd_error *err) {
+/* One RTN call with the given layout and rule (the rtn and iq rows). */
+typedef struct rtn_case {
+    const char *settings;
+    int bits, group_size; /* group_size 0: per output channel */
+    qd_qrule rule;
+    qd_dtype scale_dtype;
+} rtn_case;
+
+static const rtn_case rtn_cases[] = {
+    {"int4 g128 asym, fp16 scales", 4, GROUP, QD_QRULE_ASYM_MINMAX, QD_DTYPE_F16},
+    {"int8 per-channel sym", 8, 0, QD_QRULE_SYM_MAX, QD_DTYPE_F32},
+};
+static const rtn_case iq_cases[] = {
+    {"uint4 g128, float zero", 4, GROUP, QD_QRULE_ASYM_FLOAT_ZERO, QD_DTYPE_F16},
+    {"int8 per-channel, float zero", 8, 0, QD_QRULE_ASYM_FLOAT_ZERO_SIGNED, QD_DTYPE_F16},
+};
+#define N_RTN_CASES ((int)(sizeof rtn_cases / sizeof rtn_cases[0]))
+#define N_IQ_CASES ((int)(sizeof iq_cases / sizeof iq_cases[0]))
+
+static qd_err run_rtn(const layer *L, const rtn_case *c, run_time *rt, qd_error *err) {
     qd_qlinear q = {0};
     double t0 = now_s();
-    qd_err rc = qd_rtn_quantize(L->w, (int)L->n, (int)L->k, 4, GROUP, QD_QRULE_ASYM_MINMAX,
-                                QD_DTYPE_F16, &q, err);
+    qd_err rc = qd_rtn_quantize(L->w, (int)L->n, (int)L->k, c->bits, c->group_size, c->rule,
+                                c->scale_dtype, &q, err);
     rt->total = now_s() - t0;
     qd_qlinear_free(&q);
+    return rc;
+}
+
+/* One format's packing: the layout and the quantization that feeds it. */
+typedef struct pack_case {
+    const char *format;   /* qd_format name */
+    const char *settings;
+    qd_qtype type;
+    int bits, group_size; /* group_size -1: per output channel */
+    bool symmetric;
+    qd_format_act act;
+    qd_dtype model_dtype; /* bias / scale dtype of the formats that follow the model */
+    qd_dtype scale_dtype; /* what the format stores the weight scales in */
+} pack_case;
+
+static const pack_case pack_cases[] = {
+    {"awq", "awq int4 g128 asym", QD_QTYPE_INT, 4, GROUP, false, QD_FORMAT_ACT_NONE,
+     QD_DTYPE_F16, QD_DTYPE_F16},
+    {"gptq", "gptq v1 int4 g128 sym", QD_QTYPE_INT, 4, GROUP, true, QD_FORMAT_ACT_NONE,
+     QD_DTYPE_BF16, QD_DTYPE_F16},
+    {"gptq_v2", "gptq v2 int4 g128 sym", QD_QTYPE_INT, 4, GROUP, true, QD_FORMAT_ACT_NONE,
+     QD_DTYPE_BF16, QD_DTYPE_F16},
+    {"compressed-tensors", "ct int4 g128 sym", QD_QTYPE_INT, 4, GROUP, true,
+     QD_FORMAT_ACT_NONE, QD_DTYPE_BF16, QD_DTYPE_BF16},
+    {"modelopt", "modelopt int4 g128", QD_QTYPE_INT, 4, GROUP, true, QD_FORMAT_ACT_NONE,
+     QD_DTYPE_BF16, QD_DTYPE_F32},
+    {"dashinfer", "dashinfer int4 g128 sym", QD_QTYPE_INT, 4, GROUP, true, QD_FORMAT_ACT_NONE,
+     QD_DTYPE_BF16, QD_DTYPE_F16},
+    {"compressed-tensors", "ct int8 ch W8A8", QD_QTYPE_INT, 8, -1, true,
+     QD_FORMAT_ACT_INT8_TOKEN, QD_DTYPE_BF16, QD_DTYPE_BF16},
+    {"compressed-tensors", "ct fp8 tensor W8A8", QD_QTYPE_FP8_E4M3, 8, -1, true,
+     QD_FORMAT_ACT_FP8_TOKEN, QD_DTYPE_BF16, QD_DTYPE_BF16},
+};
+#define N_PACK_CASES ((int)(sizeof pack_cases / sizeof pack_cases[0]))
+
+/* Quantize W for case c with the format's rule (untimed) into *q, and check that the format
+ * takes the layer. */
+static qd_err pack_prepare(const layer *L, const pack_case *c, const qd_format **ret_f,
+                           qd_format_params *ret_p, qd_qlinear *q, qd_error *err) {
+    const qd_format *f = qd_format_find(c->format);
+    if (!f) return qd_error_set(err, QD_ERR_NOT_FOUND, "format '%s' is not built", c->format);
+    qd_format_params p;
+    qd_format_params_init(&p);
+    p.type = c->type;
+    p.bits = c->bits;
+    p.group_size = c->group_size;
+    p.symmetric = c->symmetric;
+    p.act = c->act;
+    p.dtype = c->model_dtype;
+    p.weight_per_tensor = c->type == QD_QTYPE_FP8_E4M3;
+    qd_err rc = f->check(&p, (int)L->n, (int)L->k, err);
+    if (rc) return rc;
+    if (c->type == QD_QTYPE_FP8_E4M3) {
+        rc = qd_fp8_quantize(L->w, (int)L->n, (int)L->k, false, c->scale_dtype, q, err);
+    } else {
+        qd_qrule rule;
+        if (c->act == QD_FORMAT_ACT_NONE)
+            rc = qd_rtn_rule_for_format(c->format, c->symmetric, c->bits, &rule, err);
+        else
+            rule = QD_QRULE_SYM_HALF_EPS; /* compressed-tensors INT8_W8A8 (rtn.h) */
+        if (!rc)
+            rc = qd_rtn_quantize(L->w, (int)L->n, (int)L->k, c->bits,
+                                 c->group_size > 0 ? c->group_size : 0, rule, c->scale_dtype, q,
+                                 err);
+    }
+    if (rc) return rc;
+    *ret_f = f;
+    *ret_p = p;
+    return QD_OK;
+}
+
+static qd_err run_pack(const qd_format *f, const qd_format_params *p, const qd_qlinear *q,
+                       run_time *rt, qd_error *err) {
+    qd_packed_list out = {0};
+    double t0 = now_s();
+    qd_err rc = f->pack(p, q, "model.layers.0.mlp.down_proj", &out, err);
+    rt->total = now_s() - t0;
+    qd_packed_list_free(&out);
     return rc;
 }
 
@@ -362,19 +484,117 @@ static qd_err run_gptq(const layer *L, run_time *rt, qd_error *err) {
     return rc;
 }
 
+/* ---- output ---- */
+
+typedef struct report {
+    bool tsv;
+    double n_weights; /* n * k */
+    double copy_rate; /* bytes copied per second */
+} report;
+
+/* A row's rates: the quantizers read 4-byte fp32 weights; a packer reads the 1-byte codes
+ * (qlinear.h), so its GB/s, and its share of memcpy, count those (bf16 does not apply). */
+static void print_row(const report *R, const char *method, const char *settings,
+                      const run_time *best, bool codes) {
+    double bytes_per_weight = codes ? 1.0 : 4.0;
+    double gbs = R->n_weights * bytes_per_weight / best->total / 1e9;
+    double of_copy = 100.0 * gbs / (R->copy_rate / 1e9);
+    if (R->tsv) {
+        printf("row\t%s\t%s\t%.6f\t%.4f\t%.3f\t", method, settings, best->total, gbs, of_copy);
+        for (int i = 0; i < best->n_phase; i++)
+            printf("%s%s %.3f s", i ? ", " : "", best->phase[i], best->t[i]);
+        printf("\n");
+    } else {
+        char bf16[16] = "-";
+        if (!codes) snprintf(bf16, sizeof bf16, "%.3g", gbs / 2.0);
+        printf("%-12s %-30s %9.3f %9.3g %9s %8.3g%%", method, settings, best->total, gbs, bf16,
+               of_copy);
+        for (int i = 0; i < best->n_phase; i++) {
+            if (best->part[i]) printf(" (%s %.3f s)", best->phase[i], best->t[i]);
+            else printf("%s%s %.3f s", i ? " " : "   ", best->phase[i], best->t[i]);
+        }
+        printf("\n");
+    }
+    fflush(stdout);
+}
+
+static void print_skip(const report *R, const char *method, const char *settings,
+                       const char *why) {
+    if (R->tsv) printf("skip\t%s\t%s\t%s\n", method, settings, why);
+    else printf("%-12s %-30s skipped: %s\n", method, settings, why);
+    fflush(stdout);
+}
+
 /* ---- main ---- */
 
-static void print_row(const char *method, const char *settings, const run_time *best,
-                      double weight_bytes, double copy_rate) {
-    double gbs = weight_bytes / best->total / 1e9;
-    printf("%-12s %-30s %9.3f %9.3g %8.2g%%", method, settings, best->total, gbs,
-           100.0 * gbs / (copy_rate / 1e9));
-    for (int i = 0; i < best->n_phase; i++) {
-        if (best->part[i]) printf(" (%s %.3f s)", best->phase[i], best->t[i]);
-        else printf("%s%s %.3f s", i ? " " : "   ", best->phase[i], best->t[i]);
+/* Run one method (all its rows) reps times each and print the best of each row. */
+static qd_err bench_method(int m, const opts *o, const layer *L, float *scratch,
+                           const report *R, qd_error *err) {
+    qd_err rc = QD_OK;
+    char settings[64];
+    if (m == M_RTN || m == M_IQ) {
+        const rtn_case *cases = m == M_RTN ? rtn_cases : iq_cases;
+        int n_cases = m == M_RTN ? N_RTN_CASES : N_IQ_CASES;
+        for (int c = 0; c < n_cases && !rc; c++) {
+            run_time best = {0};
+            for (long r = 0; r < o->reps && !rc; r++) {
+                run_time rt = {0};
+                rc = run_rtn(L, &cases[c], &rt, err);
+                if (!rc && (r == 0 || rt.total < best.total)) best = rt;
+            }
+            if (!rc) print_row(R, method_names[m], cases[c].settings, &best, false);
+        }
+        return rc;
     }
-    printf("\n");
-    fflush(stdout);
+    if (m == M_PACK) {
+        for (int c = 0; c < N_PACK_CASES && !rc; c++) {
+            const qd_format *f = NULL;
+            qd_format_params p;
+            qd_qlinear q = {0};
+            qd_error why = {0};
+            /* a format that refuses this layer is reported, not fatal */
+            if (pack_prepare(L, &pack_cases[c], &f, &p, &q, &why) != QD_OK) {
+                print_skip(R, method_names[m], pack_cases[c].settings, qd_error_text(&why));
+                qd_qlinear_free(&q);
+                continue;
+            }
+            run_time best = {0};
+            for (long r = 0; r < o->reps && !rc; r++) {
+                run_time rt = {0};
+                rc = run_pack(f, &p, &q, &rt, err);
+                if (!rc && (r == 0 || rt.total < best.total)) best = rt;
+            }
+            qd_qlinear_free(&q);
+            if (rc) qd_error_prefix(err, "pack %s: ", pack_cases[c].format);
+            else print_row(R, method_names[m], pack_cases[c].settings, &best, true);
+        }
+        return rc;
+    }
+    run_time best = {0};
+    double clip_s = -1.0; /* AWQ: the clip search's time, measured on the first run */
+    for (long r = 0; r < o->reps && !rc; r++) {
+        run_time rt = {0};
+        switch (m) {
+        case M_FP8: rc = run_fp8(L, &rt, err); break;
+        case M_SQ: rc = run_sq(L, scratch, &rt, err); break;
+        case M_AWQ: rc = run_awq(L, o->awq_tokens, scratch, &clip_s, &rt, err); break;
+        default: rc = run_gptq(L, &rt, err); break;
+        }
+        if (!rc && (r == 0 || rt.total < best.total)) best = rt;
+    }
+    if (rc) return rc;
+    switch (m) {
+    case M_FP8: snprintf(settings, sizeof settings, "e4m3, per-tensor scale"); break;
+    case M_SQ: snprintf(settings, sizeof settings, "int8 per-channel, alpha 0.5"); break;
+    case M_AWQ:
+        snprintf(settings, sizeof settings, "int4 g%d asym, %ld tok", GROUP, o->awq_tokens);
+        break;
+    default:
+        snprintf(settings, sizeof settings, "int4 g%d sym, %ld tok", GROUP, o->tokens);
+        break;
+    }
+    print_row(R, method_names[m], settings, &best, false);
+    return QD_OK;
 }
 
 int main(int argc, char **argv) {
@@ -388,7 +608,8 @@ int main(int argc, char **argv) {
     layer L = {0};
     size_t nk = (size_t)o.n * (size_t)o.k;
     /* one scratch buffer big enough for SmoothQuant's and AWQ's needs */
-    float *scratch = alloc_floats(nk + 2 * (size_t)o.k + nk / GROUP);
+    size_t scratch_len = nk + 2 * (size_t)o.k + nk / GROUP;
+    float *scratch = alloc_floats(scratch_len);
     if (!scratch || !layer_init(&L, &o)) {
         fprintf(stderr, "bench-quant: out of memory for a [%ld, %ld] layer on %ld tokens\n",
                 o.n, o.k, o.tokens);
@@ -397,10 +618,10 @@ int main(int argc, char **argv) {
         free(L.x);
         return 1;
     }
-    memset(scratch, 0, (nk + 2 * (size_t)o.k + nk / GROUP) * sizeof(float));
+    memset(scratch, 0, scratch_len * sizeof(float));
 
-    double copy_rate = memcpy_rate();
-    if (copy_rate <= 0.0) {
+    report R = {.tsv = o.tsv, .n_weights = (double)nk, .copy_rate = memcpy_rate()};
+    if (R.copy_rate <= 0.0) {
         fprintf(stderr, "bench-quant: could not allocate the %u MiB memcpy buffers\n",
                 COPY_BYTES >> 20);
         free(scratch);
@@ -408,52 +629,28 @@ int main(int argc, char **argv) {
         free(L.x);
         return 1;
     }
-    double weight_bytes = (double)nk * 4.0;
-    printf("bench-quant: W [%ld, %ld] fp32 (%.1f MiB), x [%ld, %ld] with %d outlier channels\n",
-           o.n, o.k, weight_bytes / (1 << 20), o.tokens, o.k, N_OUTLIERS);
-    printf("threads %d (cpu kernels); time = best of %ld runs, wall clock\n", qd_cpu_threads(),
-           o.reps);
-    printf("memcpy %u MiB, best of 3: %.2f GB/s copied (%.2f GB/s read + write)\n",
-           COPY_BYTES >> 20, copy_rate / 1e9, 2.0 * copy_rate / 1e9);
-    if (o.run[M_AWQ])
-        printf("awq: scale search on %ld of the %ld tokens, clip search on at most 512 of "
-               "them (clip timed alone once)\n", o.awq_tokens, o.tokens);
-    printf("\n%-12s %-30s %9s %9s %9s   %s\n", "method", "settings", "time s", "GB/s",
-           "of copy", "phases (of the best run)");
+    if (o.tsv) {
+        printf("n\t%ld\nk\t%ld\ntokens\t%ld\nawq_tokens\t%ld\nreps\t%ld\nthreads\t%d\n", o.n,
+               o.k, o.tokens, o.awq_tokens, o.reps, qd_cpu_threads());
+        printf("memcpy_gbs\t%.3f\n", R.copy_rate / 1e9);
+    } else {
+        printf("bench-quant: W [%ld, %ld] fp32 (%.1f MiB), x [%ld, %ld] with %d outlier "
+               "channels\n", o.n, o.k, R.n_weights * 4.0 / (1 << 20), o.tokens, o.k, N_OUTLIERS);
+        printf("threads %d (cpu kernels); time = best of %ld runs, wall clock\n",
+               qd_cpu_threads(), o.reps);
+        printf("memcpy %u MiB, best of 3: %.2f GB/s copied (%.2f GB/s read + write)\n",
+               COPY_BYTES >> 20, R.copy_rate / 1e9, 2.0 * R.copy_rate / 1e9);
+        if (o.run[M_AWQ])
+            printf("awq: scale search on %ld of the %ld tokens, clip search on at most 512 of "
+                   "them (clip timed alone once)\n", o.awq_tokens, o.tokens);
+        printf("\n%-12s %-30s %9s %9s %9s %9s   %s\n", "method", "settings", "time s", "GB/s",
+               "bf16 GB/s", "of copy", "phases (of the best run)");
+    }
 
     qd_error err = {0};
     qd_err rc = QD_OK;
-    char settings[64];
-    for (int m = 0; m < M_COUNT && !rc; m++) {
-        if (!o.run[m]) continue;
-        run_time best = {0};
-        double clip_s = -1.0; /* AWQ: the clip search's time, measured on the first run */
-        for (long r = 0; r < o.reps && !rc; r++) {
-            run_time rt = {0};
-            switch (m) {
-            case M_RTN: rc = run_rtn(&L, &rt, &err); break;
-            case M_FP8: rc = run_fp8(&L, &rt, &err); break;
-            case M_SQ: rc = run_sq(&L, scratch, &rt, &err); break;
-            case M_AWQ: rc = run_awq(&L, o.awq_tokens, scratch, &clip_s, &rt, &err); break;
-            default: rc = run_gptq(&L, &rt, &err); break;
-            }
-            if (!rc && (r == 0 || rt.total < best.total)) best = rt;
-        }
-        if (rc) break;
-        switch (m) {
-        case M_RTN: snprintf(settings, sizeof settings, "int4 g%d asym, fp16 scales", GROUP);
-            break;
-        case M_FP8: snprintf(settings, sizeof settings, "e4m3, per-tensor scale"); break;
-        case M_SQ: snprintf(settings, sizeof settings, "int8 per-channel, alpha 0.5"); break;
-        case M_AWQ:
-            snprintf(settings, sizeof settings, "int4 g%d asym, %ld tok", GROUP, o.awq_tokens);
-            break;
-        default:
-            snprintf(settings, sizeof settings, "int4 g%d sym, %ld tok", GROUP, o.tokens);
-            break;
-        }
-        print_row(method_names[m], settings, &best, weight_bytes, copy_rate);
-    }
+    for (int m = 0; m < M_COUNT && !rc; m++)
+        if (o.run[m]) rc = bench_method(m, &o, &L, scratch, &R, &err);
     if (rc) fprintf(stderr, "bench-quant: %s\n", qd_error_text(&err));
     free(scratch);
     free(L.w);
