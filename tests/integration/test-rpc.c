@@ -26,6 +26,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/stat.h>
 #include <sys/wait.h>
 #include <time.h>
 #include <unistd.h>
@@ -1365,9 +1366,18 @@ QD_TEST(shutdown) {
             QD_CHECK(batch(watch, ops, 1, (void *)31));
         } else {
             if (k == 1) { /* the stalled upload, then the signal */
+                /* A file the server has never seen: a blob already held would complete the
+                 * bundle at once, and the server could answer before the drain. */
                 struct bundle b;
-                const char *names[] = {"config.json"};
-                QD_REQUIRE(bundle_load(&b, MODEL_DIR, names, 1));
+                char stall_dir[300], stall_path[320], text[96];
+                snprintf(stall_dir, sizeof stall_dir, "%s/stall", D.dir);
+                QD_REQUIRE(mkdir(stall_dir, 0700) == 0 || errno == EEXIST);
+                snprintf(stall_path, sizeof stall_path, "%s/stall.bin", stall_dir);
+                snprintf(text, sizeof text, "never uploaded before: %ld %ld\n", (long)getpid(),
+                         (long)time(NULL));
+                QD_REQUIRE(write_text(stall_path, text));
+                const char *names[] = {"stall.bin"};
+                QD_REQUIRE(bundle_load(&b, stall_dir, names, 1));
                 struct cstream up;
                 size_t mark = log_mark();
                 cs_begin(&up, "/quantd.v1.Quantd/PutModel");
