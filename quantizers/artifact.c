@@ -355,8 +355,8 @@ static qd_err pack_model(const qd_model *m, const qd_format *f, const qd_format_
             }
             int64_t shape[2];
             linear_shape(c, (qd_linear_kind)k, shape);
-            void *buf;
-            size_t nb;
+            void *buf = NULL;
+            size_t nb = 0;
             if ((rc = convert_new(e->dtype, r->keep[LIN(l, k)], (size_t)(shape[0] * shape[1]),
                                   &buf, &nb, name, err)))
                 break;
@@ -374,8 +374,8 @@ static qd_err pack_model(const qd_model *m, const qd_format *f, const qd_format_
                                   "not a float weight", name);
                 break;
             }
-            void *buf;
-            size_t nb;
+            void *buf = NULL;
+            size_t nb = 0;
             int64_t hid = r->hidden;
             if ((rc = convert_new(e->dtype, v + (size_t)l * (size_t)hid, (size_t)hid, &buf, &nb,
                                   name, err)))
@@ -828,7 +828,7 @@ static qd_err parse_awq(const cfg_src *s, qd_format_params *p, const qd_format *
                         qd_error *err) {
     const char *version;
     long long bits, group;
-    bool zero_point;
+    bool zero_point = false;
     qd_err rc;
     if ((rc = cfg_str(s, KEYS("version"), false, "gemm", &version, err))) return rc;
     if (strcasecmp(version, "gemm") != 0)
@@ -867,7 +867,7 @@ static qd_err parse_gptq(const char *dir, const cfg_src *s, qd_format_params *p,
                          const qd_format **ret, qd_error *err) {
     const char *cf;
     long long bits, group;
-    bool sym, desc_act, static_groups, true_seq;
+    bool sym = false, desc_act = false, static_groups = false, true_seq = false;
     qd_err rc;
     if ((rc = cfg_str(s, KEYS("checkpoint_format", "format"), false, "gptq", &cf, err)) ||
         (rc = cfg_int(s, KEYS("bits"), true, 0, 1, 16, &bits, err)) ||

@@ -111,7 +111,7 @@ qd_err qd_smoothquant_new(const qd_sq_params *p, const qd_w8a8_sink *sink,
         return qd_error_set(err, QD_ERR_INVALID_ARG,
                             "smoothquant: weight rule %d is not a symmetric rule (W8A8 int8 "
                             "weights have no zero point)", (int)p->rule);
-    qd_w8a8 *c;
+    qd_w8a8 *c = NULL;
     if ((rc = new_ctx(METHOD_SMOOTHQUANT, sink, run, &c, err))) return rc;
     c->sq = *p;
     *ret = c;
@@ -123,7 +123,7 @@ qd_err qd_fp8_calib_new(const qd_fp8_params *p, const qd_w8a8_sink *sink,
     if (!p) return qd_error_set(err, QD_ERR_INVALID_ARG, "fp8: no parameters");
     qd_err rc = check_common("fp8", p->scale_dtype, sink, ret, err);
     if (rc) return rc;
-    qd_w8a8 *c;
+    qd_w8a8 *c = NULL;
     if ((rc = new_ctx(METHOD_FP8, sink, run, &c, err))) return rc;
     c->fp8 = *p;
     *ret = c;

@@ -1895,8 +1895,8 @@ void qd_spec_help(FILE *out) {
     fputs("\nWhat each format holds:\n", out);
     for (int f = 1; f < QD_SPEC_FORMAT_COUNT; f++) {
         unsigned ms = format_methods((qd_spec_format)f);
+        const char *sd = qd_spec_scale_dtype_name(default_scale_dtype((qd_spec_format)f));
         fprintf(out, "  %-19s methods %s; scales %s\n", format_words[f - 1],
-                words_text(method_words, ms, list, sizeof list),
-                qd_spec_scale_dtype_name(default_scale_dtype((qd_spec_format)f)));
+                words_text(method_words, ms, list, sizeof list), sd ? sd : "-");
     }
 }

@@ -99,7 +99,7 @@ static qd_err file_length(const char *path, int64_t *ret_len, qd_error *err) {
 static qd_err blob_state(struct qd_store *s, const char *sha256, uint64_t size,
                          bool *ret_complete, int64_t *ret_part_len, qd_error *err) {
     char path[PATH_MAX];
-    int64_t flen;
+    int64_t flen = -1;
     qd_err rc = check_sha(sha256, err);
     if (rc == QD_OK) rc = final_path(s, sha256, path, sizeof path, err);
     if (rc == QD_OK) rc = file_length(path, &flen, err);

@@ -250,7 +250,7 @@ static qd_err pragma_int(struct qd_store *s, const char *sql, int64_t *out, qd_e
 /* ---- open: migrations, checks, cleanup, recovery ----------------------------------------- */
 
 static qd_err migrate(struct qd_store *s, qd_error *err) {
-    int64_t v;
+    int64_t v = 0;
     qd_err rc = pragma_int(s, "PRAGMA user_version", &v, err);
     if (rc != QD_OK) return rc;
     if (v > N_MIGRATIONS || v < 0)
@@ -1153,7 +1153,7 @@ qd_err qd_store_artifact_unpin(struct qd_store *s, const char *id, qd_error *err
 }
 
 qd_err qd_store_artifact_total(struct qd_store *s, uint64_t *ret_total, qd_error *err) {
-    int64_t t;
+    int64_t t = 0;
     qd_err rc = pragma_int(s, "SELECT COALESCE(SUM(total_bytes), 0) FROM artifacts", &t, err);
     if (rc == QD_OK) *ret_total = (uint64_t)t;
     return rc;

@@ -79,7 +79,7 @@ static qd_err ct_layout(const qd_format_params *p, int n, int k, ct_kind *ret_ki
     (void)n;
     qd_err rc = fmt_check_params(CT_NAME, p, err);
     if (rc) return rc;
-    ct_kind kind;
+    ct_kind kind = CT_PACK;
     if ((rc = ct_kind_of(p, &kind, err))) return rc;
     if (p->weight_per_tensor && kind != CT_FLOAT)
         return qd_error_set(err, QD_ERR_UNSUPPORTED, "compressed-tensors: per-tensor weight "
@@ -125,7 +125,7 @@ static qd_err ct_layout(const qd_format_params *p, int n, int k, ct_kind *ret_ki
 }
 
 static qd_err ct_check(const qd_format_params *p, int n, int k, qd_error *err) {
-    ct_kind kind;
+    ct_kind kind = CT_PACK;
     return ct_layout(p, n, k, &kind, err);
 }
 
@@ -263,7 +263,7 @@ static qd_err ct_pack_naive(const qd_format_params *p, ct_kind kind, const qd_ql
 static qd_err ct_pack(const qd_format_params *p, const qd_qlinear *q, const char *prefix,
                       qd_packed_list *out, qd_error *err) {
     if (!prefix) prefix = "";
-    ct_kind kind;
+    ct_kind kind = CT_PACK;
     qd_err rc = ct_layout(p, q ? q->n : 0, q ? q->k : 0, &kind, err);
     if (rc) return rc;
     int qmax = (1 << p->bits) - 1;
@@ -293,7 +293,7 @@ static qd_err ct_unpack_packed(const fmt_src *s, const qd_format_params *p, qd_q
         (rc = fmt_check_dim(s, "in_features (weight_shape[1])", k64, err)))
         return rc;
     int n = (int)n64, k = (int)k64;
-    ct_kind kind;
+    ct_kind kind = CT_PACK;
     if ((rc = ct_layout(p, n, k, &kind, err))) return rc;
     const int g = fmt_group(p->group_size, k);
     const size_t nn = (size_t)n, kk = (size_t)k, ng = (size_t)fmt_cdiv(k, g);
@@ -373,7 +373,7 @@ static qd_err ct_unpack(const qd_format_params *p, const char *prefix, qd_format
     fmt_src s = {CT_NAME, prefix ? prefix : "", lookup, ctx};
     qd_qlinear q;
     memset(&q, 0, sizeof q);
-    ct_kind kind;
+    ct_kind kind = CT_PACK;
     qd_err rc = ct_layout(p, 0, 0, &kind, err);
     if (!rc)
         rc = kind == CT_PACK ? ct_unpack_packed(&s, p, &q, err)
@@ -413,7 +413,7 @@ static json_t *ct_args(int bits, const char *type, bool symmetric, const char *s
 }
 
 static qd_err ct_config(const qd_format_params *p, json_t **ret, qd_error *err) {
-    ct_kind kind;
+    ct_kind kind = CT_PACK;
     qd_err rc = ct_layout(p, 0, 0, &kind, err);
     if (rc) return rc;
     const char *fmt = CT_FORMAT_NAMES[kind];
