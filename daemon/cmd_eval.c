@@ -24,6 +24,7 @@
 
 #include "artifact.h"
 #include "commands.h"
+#include "job.h"
 #include "model.h"
 #include "ops.h"
 #include "safetensors.h"
@@ -35,7 +36,7 @@
 static void eval_usage(FILE *out) {
     fprintf(out,
             "usage: quantd eval MODEL_DIR --data FILE [--rows N] [--batch B] [--threads T]\n"
-            "                   [--ref]\n"
+            "                   [--ref] [--device D]\n"
             "\n"
             "Perplexity of the model in MODEL_DIR (config.json + safetensors, F32/F16/BF16,\n"
             "or a quantized artifact: awq, gptq, compressed-tensors, modelopt, dashinfer)\n"
@@ -48,6 +49,8 @@ static void eval_usage(FILE *out) {
             "  --batch B      rows per forward batch (default: about %d tokens per batch)\n"
             "  --threads T    CPU threads for the kernels and OpenBLAS (default: all CPUs)\n"
             "  --ref          use the reference kernels (slow; for checking the fast ones)\n"
+            "  --device D     cpu (default) | cuda:N | auto (cuda:0 when there is one, else\n"
+            "                 cpu; the choice is said on stderr)\n"
             "\n"
             "Progress goes to stderr; the last line on stdout is `perplexity: <value>`.\n"
             "Exit status: 0 ok, 1 the evaluation failed, 2 usage.\n",
@@ -128,8 +131,10 @@ static double now_s(void) {
 
 int qd_cmd_eval(int argc, char **argv) {
     const char *model_dir = NULL, *data = NULL;
-    int rows_opt = 0, batch_opt = 0, threads = 0;
+    const char *device = "cpu";
+    int rows_opt = 0, batch_opt = 0, threads = 0, dev_index = -1;
     bool use_ref = false;
+    qd_error perr = {0};
 
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i];
@@ -138,7 +143,8 @@ int qd_cmd_eval(int argc, char **argv) {
             return 0;
         }
         bool takes_value = strcmp(a, "--data") == 0 || strcmp(a, "--rows") == 0 ||
-                           strcmp(a, "--batch") == 0 || strcmp(a, "--threads") == 0;
+                           strcmp(a, "--batch") == 0 || strcmp(a, "--threads") == 0 ||
+                           strcmp(a, "--device") == 0;
         if (takes_value && i + 1 >= argc) {
             fprintf(stderr, "quantd eval: %s needs a value\n", a);
             return 2;
@@ -151,6 +157,12 @@ int qd_cmd_eval(int argc, char **argv) {
             if (parse_pos_int(argv[++i], a, &batch_opt)) return 2;
         } else if (strcmp(a, "--threads") == 0) {
             if (parse_pos_int(argv[++i], a, &threads)) return 2;
+        } else if (strcmp(a, "--device") == 0) {
+            device = argv[++i];
+            if (qd_job_device_parse(device, &dev_index, &perr) != QD_OK) {
+                fprintf(stderr, "quantd eval: %s\n", qd_error_text(&perr));
+                return 2;
+            }
         } else if (strcmp(a, "--ref") == 0) {
             use_ref = true;
         } else if (a[0] == '-' && a[1] != '\0') {
@@ -168,6 +180,11 @@ int qd_cmd_eval(int argc, char **argv) {
         eval_usage(stderr);
         return 2;
     }
+    if (use_ref && dev_index != -1) {
+        fprintf(stderr, "quantd eval: --ref runs the reference kernels on the CPU; it does not "
+                        "combine with --device %s\n", device);
+        return 2;
+    }
     qd_cpu_set_threads(threads);
 
     qd_error err = {0};
@@ -178,7 +195,12 @@ int qd_cmd_eval(int argc, char **argv) {
     int64_t rows = 0, seq_len = 0;
     int status = 1;
     double t_start = now_s();
+    qd_job_device dev = {0};
+    const char *note = NULL;
 
+    if (qd_job_device_open(device, &dev, &note, &err)) goto fail;
+    fprintf(stderr, "device: %s%s%s%s\n", dev.desc, note ? " (auto: no GPU: " : "",
+            note ? note : "", note ? ")" : "");
     if (qd_artifact_open(model_dir, &art, &err)) goto fail;
     m = qd_artifact_model(art);
     const qd_artifact_info *info = qd_artifact_get_info(art);
@@ -216,6 +238,7 @@ int qd_cmd_eval(int argc, char **argv) {
             qd_cpu_threads(), use_ref ? ", reference kernels" : "");
 
     qd_run_opts opts = {.use_ref = use_ref};
+    qd_job_device_run_opts(&dev, &opts);
     qd_artifact_run_opts(art, &opts);
     double total = 0.0;
     for (int64_t r0 = 0; r0 < rows; r0 += batch) {
@@ -241,5 +264,6 @@ done:
     free(nll);
     free(tokens);
     qd_artifact_free(art);
+    qd_job_device_close(&dev);
     return status;
 }

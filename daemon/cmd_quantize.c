@@ -26,7 +26,7 @@ static void quantize_usage(FILE *out) {
     fprintf(out,
             "usage: quantd quantize MODEL_DIR --method M [spec options] [--calib FILE]\n"
             "                       [--eval-data FILE] [--eval-rows N] [--format F -o OUT_DIR]\n"
-            "                       [--threads T] [--spec FILE.yaml]\n"
+            "                       [--threads T] [--device D] [--spec FILE.yaml]\n"
             "\n"
             "Quantize a Hugging Face Llama-family model in process and report its quality.\n"
             "\n"
@@ -41,6 +41,8 @@ static void quantize_usage(FILE *out) {
             "  -o, --output DIR    write the artifact there (needs --format; DIR must not\n"
             "                      exist; built in a staging directory, renamed when complete)\n"
             "  --threads T         worker threads (default: all cores)\n"
+            "  --device D          cpu (default) | cuda:N | auto (cuda:0 when there is one,\n"
+            "                      else cpu; the choice is said on stderr)\n"
             "  -q, --quiet         no progress on stderr\n"
             "\n"
             "Exit status: 0 ok, 1 the job failed, 2 usage or invalid spec.\n"
@@ -156,7 +158,9 @@ int qd_cmd_quantize(int argc, char **argv) {
     int status = 1;
     int *rest = malloc((size_t)(argc > 0 ? argc : 1) * sizeof *rest);
     int n_rest = 0;
-    const char *model_dir = NULL, *out_dir = NULL, *eval_path = NULL;
+    const char *model_dir = NULL, *out_dir = NULL, *eval_path = NULL, *device = "cpu";
+    qd_job_device dev = {0};
+    bool dev_open = false;
     long eval_rows = 0, threads = 0;
     bool quiet = false, format_given = false;
     qd_model *m = NULL;
@@ -184,7 +188,8 @@ int qd_cmd_quantize(int argc, char **argv) {
         const char *a = argv[rest[r]];
         const char *val = r + 1 < n_rest && rest[r + 1] == rest[r] + 1 ? argv[rest[r + 1]] : NULL;
         if (strcmp(a, "-o") == 0 || strcmp(a, "--output") == 0 || strcmp(a, "--eval-data") == 0 ||
-            strcmp(a, "--eval-rows") == 0 || strcmp(a, "--threads") == 0) {
+            strcmp(a, "--eval-rows") == 0 || strcmp(a, "--threads") == 0 ||
+            strcmp(a, "--device") == 0) {
             if (!val) {
                 fprintf(stderr, "quantd quantize: option '%s' needs a value\n", a);
                 status = 2;
@@ -193,6 +198,15 @@ int qd_cmd_quantize(int argc, char **argv) {
             r++;
             if (a[1] == 'o' || strcmp(a, "--output") == 0) out_dir = val;
             else if (strcmp(a, "--eval-data") == 0) eval_path = val;
+            else if (strcmp(a, "--device") == 0) {
+                int index;
+                device = val;
+                if (qd_job_device_parse(val, &index, &err) != QD_OK) {
+                    fprintf(stderr, "quantd quantize: %s\n", qd_error_text(&err));
+                    status = 2;
+                    goto done;
+                }
+            }
             else if (strcmp(a, "--eval-rows") == 0) {
                 if (parse_count(a, val, 1L << 30, &eval_rows)) { status = 2; goto done; }
             } else if (parse_count(a, val, 4096, &threads)) {
@@ -239,6 +253,13 @@ int qd_cmd_quantize(int argc, char **argv) {
         status = 2;
         goto done;
     }
+    const char *note = NULL;
+    if (qd_job_device_open(device, &dev, &note, &err) != QD_OK) goto fail;
+    dev_open = true;
+    /* stderr only: the report on stdout is the same whichever device ran the job */
+    if (strcmp(device, "auto") == 0 || !quiet)
+        fprintf(stderr, "device: %s%s%s%s\n", dev.desc, note ? " (auto: no GPU: " : "",
+                note ? note : "", note ? ")" : "");
     if (qd_model_open(model_dir, &m, &err) != QD_OK) goto fail;
     if (check_against_model(m, &spec, &err) != QD_OK) {
         fprintf(stderr, "quantd quantize: %s\n", qd_error_text(&err));
@@ -282,6 +303,7 @@ int qd_cmd_quantize(int argc, char **argv) {
     struct progress prog = {.quiet = quiet, .start = time(NULL)};
     qd_job_progress jp = {.ctx = &prog, .stage = on_stage, .layer_done = on_layer};
     qd_run_opts run = {0};
+    qd_job_device_run_opts(&dev, &run);
     (void)threads; /* the kernels size their pool from the machine; see --threads in eval */
     if (qd_job_quantize(m, &spec, calib, c_rows, c_len, &jp, &run, &res, &err) != QD_OK)
         goto fail;
@@ -331,6 +353,7 @@ done:
     free(calib);
     free(eval);
     qd_model_free(m);
+    if (dev_open) qd_job_device_close(&dev);
     qd_spec_free(&spec);
     free(rest);
     return status;

@@ -1,6 +1,6 @@
 /*
  * service.c - the daemon's core without gRPC (service.h): bundles and their uploads, the job
- * queue and its CPU workers, per-job events and their watchers, and the artifact cache.
+ * queue and its CPU and GPU workers, per-job events and their watchers, and the artifact cache.
  *
  * DESIGN
  *
@@ -41,6 +41,14 @@
  *
  * Threads per job: the CPU kernels' thread count is process-wide (qd_cpu_set_threads), so it
  * is set at open, and a reloaded workers.threads is applied only while no job runs.
+ *
+ * GPU workers: `devices: [auto]` starts one worker per CUDA device found (a `cuda:N` entry one
+ * on device N) beside the workers.cpu CPU workers; every worker takes the oldest queued job.
+ * A GPU worker owns its device's context (qd_job_device: opened by the worker's thread, used
+ * by no other) and runs the job with its kernel table, so the artifact is what the command's
+ * `--device cuda:N` writes. A CUDA failure fails that job with the runtime's message; before
+ * its next job the worker re-opens a context the failure left unusable (a device that cannot
+ * be opened fails each job it takes with the reason, rather than stopping the worker).
  */
 #include "service.h"
 
@@ -156,6 +164,11 @@ struct qd_service {
     int n_devices;
     pthread_t *workers;
     int n_workers, n_started;
+    /* what each worker runs on: -1 the CPU, N cuda:N (its own context, opened by the worker) */
+    struct worker_arg {
+        struct qd_service *svc;
+        int cuda_index;
+    } *worker_args;
 
     struct job **jobs; /* creation order */
     size_t n_jobs, cap_jobs;
@@ -1665,8 +1678,8 @@ static void set_stage(struct qd_service *svc, struct job *j, qd_job_stage stage)
 
 /* Everything a job does between RUNNING and its end; returns its outcome in err (QD_OK with
  * artifact_id filled on success). No lock held on entry or exit. */
-static qd_err run_job(struct qd_service *svc, struct job *j, char *artifact_id,
-                      qd_error *err) {
+static qd_err run_job(struct qd_service *svc, struct job *j, const qd_job_device *dev,
+                      char *artifact_id, qd_error *err) {
     const qd_spec *spec = &j->spec; /* immutable while the job lives */
     char model_dir[PATH_MAX] = "", staged[PATH_MAX] = "", out[PATH_MAX] = "";
     char real[PATH_MAX] = "", calib_path[PATH_MAX] = "";
@@ -1737,6 +1750,7 @@ static qd_err run_job(struct qd_service *svc, struct job *j, char *artifact_id,
         qd_job_progress jp = {.ctx = &r, .stage = on_stage, .layer_done = on_layer,
                               .group_error = on_group_error, .cancelled = on_cancelled};
         qd_run_opts run = {0}; /* as the command: the kernels' process-wide thread count */
+        qd_job_device_run_opts(dev, &run);
         rc = qd_job_quantize(m, spec, calib, c_rows, c_len, &jp, &run, &res, err);
         have_res = rc == QD_OK;
     }
@@ -1799,8 +1813,36 @@ static struct job *next_queued(struct qd_service *svc) {
     return NULL;
 }
 
+/* A GPU worker's device: opened when the worker starts, and again before a job whenever an
+ * earlier error left it unusable (or it never opened), so one failed job does not take the
+ * worker with it. Returns the reason the device cannot be used now, or QD_OK. */
+static qd_err worker_device(qd_job_device *dev, int cuda_index, qd_error *err) {
+    if (cuda_index < 0) return QD_OK;
+    if (dev->kind != QD_BACKEND_CUDA) {
+        char name[32];
+        snprintf(name, sizeof name, "cuda:%d", cuda_index);
+        if (qd_job_device_open(name, dev, NULL, err) == QD_OK) return QD_OK;
+        dev->kind = QD_BACKEND_CUDA; /* not open: the next job tries again */
+        dev->index = cuda_index;
+        snprintf(dev->name, sizeof dev->name, "cuda:%d", cuda_index);
+        return err->code;
+    }
+    return qd_job_device_reopen(dev, err);
+}
+
 static void *worker_main(void *arg) {
-    struct qd_service *svc = arg;
+    struct worker_arg *wa = arg;
+    struct qd_service *svc = wa->svc;
+    qd_job_device dev = {0};
+    qd_error derr = {0};
+    qd_err dev_rc = QD_OK;
+    if (wa->cuda_index >= 0) {
+        dev_rc = worker_device(&dev, wa->cuda_index, &derr);
+        if (dev_rc != QD_OK) fprintf(stderr, "quantd: worker on cuda:%d: %s\n",
+                                     wa->cuda_index, qd_error_text(&derr));
+    } else {
+        (void)qd_job_device_open("cpu", &dev, NULL, &derr);
+    }
     lock(svc);
     for (;;) {
         if (svc->closing) break;
@@ -1836,13 +1878,17 @@ static void *worker_main(void *arg) {
         j->state = QD_JOB_RUNNING;
         j->started_ms = now_unix_ms();
         j->progress.fraction = 0;
-        copy_text(j->device, sizeof j->device, "cpu");
+        copy_text(j->device, sizeof j->device, dev.name[0] ? dev.name : "cpu");
         update_queue_events(svc);
         unlock(svc);
 
         char artifact_id[QD_STORE_ID_LEN + 1] = "";
         qd_error jerr = {0};
-        qd_err rc = run_job(svc, j, artifact_id, &jerr);
+        qd_err rc;
+        if (wa->cuda_index >= 0 && (dev_rc = worker_device(&dev, wa->cuda_index, &derr)))
+            rc = qd_error_set(&jerr, dev_rc, "%s: %s", dev.name, qd_error_text(&derr));
+        else
+            rc = run_job(svc, j, &dev, artifact_id, &jerr);
 
         lock(svc);
         int why = atomic_load(&j->cancel);
@@ -1873,6 +1919,7 @@ static void *worker_main(void *arg) {
         pthread_cond_broadcast(&svc->idle_cv);
     }
     unlock(svc);
+    qd_job_device_close(&dev);
     return NULL;
 }
 
@@ -2118,37 +2165,54 @@ qd_err qd_service_info_get(struct qd_service *svc, qd_service_info *ret, qd_erro
 
 /* ---- lifecycle ----------------------------------------------------------------------------- */
 
-/* The devices line of the info, and how many CPU workers to start. GPU workers are not
- * written yet: a config that names only GPUs still gets CPU workers, and says so. */
+/* The devices line of the info and the workers: workers.cpu CPU workers and, for `auto`,
+ * one GPU worker per CUDA device found, for `cuda:N` one on device N when it is found. A
+ * config whose GPUs are all missing still gets a CPU worker, and says so. Fills
+ * svc->worker_args (NULL on no memory) and returns the number of workers. */
 static int plan_devices(struct qd_service *svc, const qd_config *cfg) {
-    bool want_cpu = false, want_gpu = false;
+    bool want_cpu = false, want_all_gpus = false;
     for (size_t i = 0; i < cfg->n_devices; i++) {
         if (strcmp(cfg->devices[i], "cpu") == 0) want_cpu = true;
-        else if (strcmp(cfg->devices[i], "auto") == 0) want_cpu = want_gpu = true;
-        else want_gpu = true;
+        else if (strcmp(cfg->devices[i], "auto") == 0) want_cpu = want_all_gpus = true;
     }
     qd_device_info found[8];
     const char *note = NULL;
     int n_found = qd_devices_list(found, 8, &note);
-    int n_gpus = 0;
-    for (int i = 0; i < n_found; i++) n_gpus += found[i].kind == QD_BACKEND_CUDA;
-    int n_cpu = (int)cfg->workers.cpu;
+    int gpus[8], n_gpus = 0, n_wanted_gpus = 0;
+    for (size_t i = 0; i < cfg->n_devices; i++)
+        n_wanted_gpus += strncmp(cfg->devices[i], "cuda:", 5) == 0;
+    for (int i = 0; i < n_found && n_gpus < 8; i++) {
+        if (found[i].kind != QD_BACKEND_CUDA) continue;
+        char name[32];
+        snprintf(name, sizeof name, "cuda:%d", found[i].index);
+        bool want = want_all_gpus;
+        for (size_t d = 0; d < cfg->n_devices && !want; d++)
+            want = strcmp(cfg->devices[d], name) == 0;
+        if (want) gpus[n_gpus++] = i;
+    }
+    int n_cpu = want_cpu ? (int)cfg->workers.cpu : 0;
     bool fallback = false;
-    if (!want_cpu || n_cpu == 0) {
+    if (n_cpu == 0 && n_gpus == 0) {
         fallback = true;
-        if (n_cpu == 0) n_cpu = 1;
+        n_cpu = 1;
     }
     svc->n_devices = 0;
-    snprintf(svc->devices[svc->n_devices++], sizeof svc->devices[0], "cpu (%d threads%s)",
-             qd_cpu_threads(), fallback ? "; jobs fall back to the CPU: no GPU worker" : "");
-    for (int i = 0; i < n_found && svc->n_devices < 8; i++)
-        if (found[i].kind == QD_BACKEND_CUDA && want_gpu)
-            snprintf(svc->devices[svc->n_devices++], sizeof svc->devices[0],
-                     "cuda:%d %.40s (not used yet)", found[i].index, found[i].name);
-    if (want_gpu && n_gpus == 0 && svc->n_devices < 8 && !want_cpu)
+    if (n_cpu > 0)
+        snprintf(svc->devices[svc->n_devices++], sizeof svc->devices[0], "cpu (%d threads%s)",
+                 qd_cpu_threads(), fallback ? "; jobs fall back to the CPU: no GPU worker" : "");
+    for (int i = 0; i < n_gpus && svc->n_devices < 8; i++)
+        snprintf(svc->devices[svc->n_devices++], sizeof svc->devices[0], "cuda:%d %.40s",
+                 found[gpus[i]].index, found[gpus[i]].name);
+    if ((want_all_gpus || n_wanted_gpus > 0) && n_gpus == 0 && svc->n_devices < 8 && !want_cpu)
         snprintf(svc->devices[svc->n_devices++], sizeof svc->devices[0],
                  "no GPU found: %.40s", note ? note : "CUDA not built in");
-    return n_cpu;
+    svc->worker_args = calloc((size_t)(n_cpu + n_gpus), sizeof *svc->worker_args);
+    if (!svc->worker_args) return 0;
+    for (int i = 0; i < n_cpu + n_gpus; i++) {
+        svc->worker_args[i].svc = svc;
+        svc->worker_args[i].cuda_index = i < n_cpu ? -1 : found[gpus[i - n_cpu]].index;
+    }
+    return n_cpu + n_gpus;
 }
 
 /* The digest of the configured default calibration file (hashes the file: no lock). */
@@ -2225,6 +2289,7 @@ static void free_service(struct qd_service *svc) {
     free(svc->claims);
     free(svc->pending);
     free(svc->workers);
+    free(svc->worker_args);
     free(svc->calib_default);
     free(svc->data_dir);
     qd_store_close(svc->store);
@@ -2276,13 +2341,14 @@ qd_err qd_service_open(const qd_config *cfg, struct qd_service **ret, qd_error *
     qd_cpu_set_threads(svc->threads_wanted);
     svc->threads_now = svc->threads_wanted;
     svc->n_workers = plan_devices(svc, cfg);
-    svc->workers = calloc((size_t)svc->n_workers, sizeof *svc->workers);
+    svc->workers = svc->worker_args ? calloc((size_t)svc->n_workers, sizeof *svc->workers)
+                                    : NULL;
     if (!svc->workers) {
         free_service(svc);
         return qd_error_set(err, QD_ERR_NOMEM, "service: out of memory");
     }
     for (int i = 0; i < svc->n_workers; i++) {
-        int e = pthread_create(&svc->workers[i], NULL, worker_main, svc);
+        int e = pthread_create(&svc->workers[i], NULL, worker_main, &svc->worker_args[i]);
         if (e != 0) {
             rc = qd_error_set(err, QD_ERR_INTERNAL, "cannot start worker %d: %s", i,
                               strerror(e));

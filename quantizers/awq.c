@@ -22,6 +22,13 @@
  * runtime's kernels (ops.h, qd_run_opts.use_ref picks the reference ones), which split rows
  * across the configured threads; every other loop here is sequential and in a fixed order,
  * so the result is bit-identical for the same inputs, kernels and thread count.
+ *
+ * On a CUDA device (qd_run_opts.kernels is the CUDA table) the block forwards of the QKV and
+ * GATE_UP searches go through the table, the O and DOWN searches evaluate each candidate with
+ * qd_awq_loss_cuda (fake quantization, GEMM and squared error on the device, x, w and the
+ * float output uploaded once per search), and the clip search is qd_awq_clip_search_cuda. The
+ * objectives agree with the CPU's to rounding, so a near-tie between two grid points may go
+ * the other way; the folding, the final RTN and everything after are the CPU's code.
  */
 #include "awq.h"
 
@@ -31,6 +38,9 @@
 
 #include "ops.h"
 #include "rtn.h"
+#ifdef QD_HAVE_CUDA
+#include "qd_cuda.h"
+#endif
 
 #define AWQ_MAX_GRID 1000
 
@@ -49,13 +59,24 @@ static qd_err nomem(qd_error *err, const char *what, int64_t n) {
                         (long long)n);
 }
 
-static void matmul(const qd_run_opts *o, float *y, const float *x, const float *w,
-                   int64_t m, int64_t n, int64_t k) {
+static qd_err matmul(const qd_run_opts *o, float *y, const float *x, const float *w,
+                     int64_t m, int64_t n, int64_t k, qd_error *err) {
+    if (o->kernels && o->kernels->matmul)
+        return o->kernels->matmul(o->kernels->ctx, y, x, w, NULL, m, n, k, err);
     if (o->use_ref)
         qd_matmul_ref(y, x, w, NULL, m, n, k);
     else
         qd_matmul_cpu(y, x, w, NULL, m, n, k);
+    return QD_OK;
 }
+
+#ifdef QD_HAVE_CUDA
+/* The CUDA context of the run, or NULL when it is not on a CUDA device. */
+static qd_cuda *run_cuda(const qd_run_opts *o) {
+    return o->kernels && o->kernels->kind == QD_BACKEND_CUDA ? (qd_cuda *)o->kernels->ctx
+                                                             : NULL;
+}
+#endif
 
 /* Columns per quantization group of a k-wide linear. */
 static int64_t group_cols(const qd_awq_params *p, int64_t k) {
@@ -255,6 +276,31 @@ void qd_awq_clip_apply(float *w, int64_t n, int64_t k, int group_size, const flo
         }
 }
 
+#ifdef QD_HAVE_CUDA
+/* qd_awq_clip_search on the device: w, x uploaded, the bounds downloaded. */
+static qd_err clip_search_cuda(qd_cuda *c, const float *w, int64_t n, int64_t k, const float *x,
+                               int64_t n_tok, const qd_awq_params *p, float *ret_max,
+                               qd_error *err) {
+    int64_t g = group_cols(p, k), nb = n * (k / g);
+    void *dw = NULL, *dx = NULL, *dm = NULL;
+    qd_err rc;
+    if ((rc = qd_cuda_alloc(c, (size_t)(n * k) * sizeof(float), &dw, err)) ||
+        (rc = qd_cuda_alloc(c, (size_t)(n_tok * k) * sizeof(float), &dx, err)) ||
+        (rc = qd_cuda_alloc(c, (size_t)nb * sizeof(float), &dm, err)) ||
+        (rc = qd_cuda_upload(c, dw, w, (size_t)(n * k) * sizeof(float), err)) ||
+        (rc = qd_cuda_upload(c, dx, x, (size_t)(n_tok * k) * sizeof(float), err)) ||
+        (rc = qd_awq_clip_search_cuda(c, dw, n, k, dx, n_tok, p->bits, g, p->rule,
+                                      p->scale_dtype, p->max_shrink, p->clip_n_grid, dm,
+                                      err)) ||
+        (rc = qd_cuda_download(c, ret_max, dm, (size_t)nb * sizeof(float), err)))
+        qd_error_prefix(err, "AWQ clip [%lld, %lld]: ", (long long)n, (long long)k);
+    qd_cuda_free(c, dw);
+    qd_cuda_free(c, dx);
+    qd_cuda_free(c, dm);
+    return rc;
+}
+#endif
+
 qd_err qd_awq_clip_search(const float *w, int64_t n, int64_t k, const float *x, int64_t n_tok,
                           const qd_awq_params *p, const qd_run_opts *o, float *ret_max,
                           qd_error *err) {
@@ -266,6 +312,9 @@ qd_err qd_awq_clip_search(const float *w, int64_t n, int64_t k, const float *x, 
                             (long long)g, (long long)k);
     if (n_tok < 1)
         return qd_error_set(err, QD_ERR_INVALID_ARG, "AWQ clip: no tokens");
+#ifdef QD_HAVE_CUDA
+    if (run_cuda(o)) return clip_search_cuda(run_cuda(o), w, n, k, x, n_tok, p, ret_max, err);
+#endif
     qd_err rc = QD_OK;
     int64_t ng = k / g;
     /* AutoAWQ: range(int(max_shrink * n_grid)); shrink 0 (no clip) is always the first */
@@ -310,7 +359,7 @@ qd_err qd_awq_clip_search(const float *w, int64_t n, int64_t k, const float *x, 
             /* blk = Q(clamp(w)) - w: the objective compares with the unclipped weights */
             if ((rc = qd_awq_fake_quant(blk, n, g, NULL, p, blk, err))) break;
             for (int64_t j = 0; j < n * g; j++) blk[j] -= wg[j];
-            matmul(o, e, xg, blk, n_tok, n, g);
+            if ((rc = matmul(o, e, xg, blk, n_tok, n, g, err))) break;
             for (int64_t r = 0; r < n; r++) acc[r] = 0.0;
             for (int64_t t = 0; t < n_tok; t++) /* row by row: e is [n_tok, n] */
                 for (int64_t r = 0; r < n; r++) acc[r] += (double)e[t * n + r] * e[t * n + r];
@@ -349,7 +398,73 @@ struct search {
     int64_t y_numel;        /* size of the module output */
     qd_err (*forward)(void *ctx, float *const *cand, float *y, qd_error *err);
     void *ctx;
+    /* A single-linear module y = x W^T (+ bias): set, the candidates are evaluated on the
+     * CUDA device of o (when there is one) by qd_awq_loss_cuda. */
+    const float *x;         /* [n_tok, k] */
+    int64_t n_tok;
+    const float *bias;      /* [n_out[0]] or NULL */
 };
+
+#ifdef QD_HAVE_CUDA
+/* The device side of a single-linear search: x, W and the float output without its bias
+ * (the candidates' outputs are compared without it) uploaded once, s per candidate. */
+struct dev_loss {
+    qd_cuda *c;
+    void *x, *w, *y, *s;
+};
+
+static void dev_loss_close(struct dev_loss *d) {
+    if (!d->c) return;
+    qd_cuda_free(d->c, d->x);
+    qd_cuda_free(d->c, d->w);
+    qd_cuda_free(d->c, d->y);
+    qd_cuda_free(d->c, d->s);
+    memset(d, 0, sizeof *d);
+}
+
+static qd_err dev_loss_open(const struct search *S, const float *y0, struct dev_loss *d,
+                            qd_error *err) {
+    int64_t n = S->n_out[0], k = S->k;
+    float *yr = NULL;
+    memset(d, 0, sizeof *d);
+    d->c = run_cuda(S->o);
+    if (S->bias) {
+        yr = alloc_floats(S->y_numel);
+        if (!yr) return nomem(err, "the scale search's reference output", S->y_numel);
+        for (int64_t t = 0; t < S->n_tok; t++)
+            for (int64_t r = 0; r < n; r++) yr[t * n + r] = y0[t * n + r] - S->bias[r];
+    }
+    qd_err rc;
+    if ((rc = qd_cuda_alloc(d->c, (size_t)(S->n_tok * k) * sizeof(float), &d->x, err)) ||
+        (rc = qd_cuda_alloc(d->c, (size_t)(n * k) * sizeof(float), &d->w, err)) ||
+        (rc = qd_cuda_alloc(d->c, (size_t)S->y_numel * sizeof(float), &d->y, err)) ||
+        (rc = qd_cuda_alloc(d->c, (size_t)k * sizeof(float), &d->s, err)) ||
+        (rc = qd_cuda_upload(d->c, d->x, S->x, (size_t)(S->n_tok * k) * sizeof(float), err)) ||
+        (rc = qd_cuda_upload(d->c, d->w, S->w[0], (size_t)(n * k) * sizeof(float), err)) ||
+        (rc = qd_cuda_upload(d->c, d->y, yr ? yr : y0, (size_t)S->y_numel * sizeof(float),
+                             err)) ||
+        (rc = qd_cuda_sync(d->c, err))) {
+        qd_error_prefix(err, "AWQ scale search: ");
+        dev_loss_close(d);
+    }
+    free(yr);
+    return rc;
+}
+
+/* *ret_sse = || x Q(W * s)^T / s - y0 ||^2 (s NULL: Q(W)). */
+static qd_err dev_loss_eval(const struct search *S, struct dev_loss *d, const float *s,
+                            double *ret_sse, qd_error *err) {
+    const qd_awq_params *p = S->p;
+    qd_err rc = QD_OK;
+    if (s) rc = qd_cuda_upload(d->c, d->s, s, (size_t)S->k * sizeof(float), err);
+    if (rc == QD_OK)
+        rc = qd_awq_loss_cuda(d->c, d->x, S->n_tok, d->w, S->n_out[0], S->k, s ? d->s : NULL,
+                              p->bits, group_cols(p, S->k), p->rule, p->scale_dtype, d->y,
+                              ret_sse, err);
+    if (rc) qd_error_prefix(err, "AWQ scale search: ");
+    return rc;
+}
+#endif
 
 /* Sum of squared differences, in double. */
 static double sq_diff(const float *a, const float *b, int64_t n) {
@@ -389,6 +504,9 @@ static qd_err search_scales(const struct search *S, const float *x_mean, bool sc
     float *s = alloc_floats(k), *w_mean = alloc_floats(k);
     float *cand[3] = {NULL, NULL, NULL};
     qd_err rc = QD_OK;
+#ifdef QD_HAVE_CUDA
+    struct dev_loss dev = {0};
+#endif
     if (!cand_buf || !y0 || !y || !s || !w_mean) {
         rc = nomem(err, "the scale search", total + 2 * S->y_numel + 2 * k);
         goto done;
@@ -402,12 +520,24 @@ static qd_err search_scales(const struct search *S, const float *x_mean, bool sc
     if ((rc = S->forward(S->ctx, NULL, y0, err))) goto done;
     double ref = 0.0;
     for (int64_t i = 0; i < S->y_numel; i++) ref += (double)y0[i] * y0[i];
+#ifdef QD_HAVE_CUDA
+    if (S->x && run_cuda(S->o) && (rc = dev_loss_open(S, y0, &dev, err))) goto done;
+#endif
 
     /* s = 1: the error plain round-to-nearest would leave (for the report) */
-    for (int i = 0; i < S->n_lin && !rc; i++)
-        rc = qd_awq_fake_quant(S->w[i], S->n_out[i], k, NULL, p, cand[i], err);
-    if (rc || (rc = S->forward(S->ctx, cand, y, err))) goto done;
-    rep->rel_err_rtn = rel(sq_diff(y, y0, S->y_numel), ref);
+    double sse_rtn = 0.0;
+#ifdef QD_HAVE_CUDA
+    if (dev.c) {
+        if ((rc = dev_loss_eval(S, &dev, NULL, &sse_rtn, err))) goto done;
+    } else
+#endif
+    {
+        for (int i = 0; i < S->n_lin && !rc; i++)
+            rc = qd_awq_fake_quant(S->w[i], S->n_out[i], k, NULL, p, cand[i], err);
+        if (rc || (rc = S->forward(S->ctx, cand, y, err))) goto done;
+        sse_rtn = sq_diff(y, y0, S->y_numel);
+    }
+    rep->rel_err_rtn = rel(sse_rtn, ref);
     rep->scaled = scale;
     rep->ratio_index = 0;
     rep->ratio = 0.0;
@@ -425,11 +555,20 @@ static qd_err search_scales(const struct search *S, const float *x_mean, bool sc
         /* AutoAWQ divides a float32 arange by n_grid: the ratio is a float32 value */
         double ratio = (double)((float)gi / (float)p->n_grid);
         qd_awq_scales(x_mean, w_mean, k, ratio, p->duo_scaling, s);
-        for (int i = 0; i < S->n_lin && !rc; i++)
-            rc = qd_awq_fake_quant(S->w[i], S->n_out[i], k, s, p, cand[i], err);
-        if (rc || (rc = S->forward(S->ctx, cand, y, err))) break;
+        double sse = 0.0;
+#ifdef QD_HAVE_CUDA
+        if (dev.c) {
+            if ((rc = dev_loss_eval(S, &dev, s, &sse, err))) break;
+        } else
+#endif
+        {
+            for (int i = 0; i < S->n_lin && !rc; i++)
+                rc = qd_awq_fake_quant(S->w[i], S->n_out[i], k, s, p, cand[i], err);
+            if (rc || (rc = S->forward(S->ctx, cand, y, err))) break;
+            sse = sq_diff(y, y0, S->y_numel);
+        }
         /* AutoAWQ's loss: sum of squares / numel; the first of equal losses wins */
-        double loss = sq_diff(y, y0, S->y_numel) / (double)S->y_numel;
+        double loss = sse / (double)S->y_numel;
         if (loss < best) {
             best = loss;
             best_i = gi;
@@ -447,6 +586,9 @@ static qd_err search_scales(const struct search *S, const float *x_mean, bool sc
     rep->ratio = (double)((float)best_i / (float)p->n_grid);
     rep->rel_err = rel(best * (double)S->y_numel, ref);
 done:
+#ifdef QD_HAVE_CUDA
+    dev_loss_close(&dev);
+#endif
     free(cand_buf);
     free(y0);
     free(y);
@@ -522,10 +664,8 @@ struct linear_module {
 };
 
 static qd_err linear_forward(void *ctx, float *const *cand, float *y, qd_error *err) {
-    (void)err;
     const struct linear_module *lm = ctx;
-    matmul(lm->o, y, lm->x, cand ? cand[0] : lm->w, lm->n_tok, lm->n, lm->k);
-    return QD_OK;
+    return matmul(lm->o, y, lm->x, cand ? cand[0] : lm->w, lm->n_tok, lm->n, lm->k, err);
 }
 
 qd_err qd_awq_quantize_linear(const float *w, int64_t n, int64_t k, const float *x,
@@ -544,7 +684,8 @@ qd_err qd_awq_quantize_linear(const float *w, int64_t n, int64_t k, const float 
                             p->group_size, (long long)k);
     struct linear_module lm = {o, x, w, n_tok, n, k};
     struct search S = {.p = p, .o = o, .n_lin = 1, .w = {w}, .n_out = {n}, .k = k,
-                       .y_numel = n_tok * n, .forward = linear_forward, .ctx = &lm};
+                       .y_numel = n_tok * n, .forward = linear_forward, .ctx = &lm,
+                       .x = x, .n_tok = n_tok};
     qd_awq_report rep = {.layer = -1, .group = QD_CALIB_GROUP_COUNT, .n_in = k};
     float *x_mean = alloc_floats(k), *s = alloc_floats(k), *ws = alloc_floats(n * k);
     float *sub = NULL, *maxb = NULL;
@@ -675,8 +816,7 @@ static qd_err group_forward(void *ctx, float *const *cand, float *y, qd_error *e
         return qd_block_mlp(gm->a->m, &wc, in->x, in->n_tok, y, NULL, &gm->a->run, err);
     case QD_CALIB_O:
     case QD_CALIB_DOWN:
-        qd_linear_forward(&wc, gm->kinds[0], in->x, in->n_tok, y, &gm->a->run);
-        return QD_OK;
+        return qd_linear_forward_ex(&wc, gm->kinds[0], in->x, in->n_tok, y, &gm->a->run, err);
     default:
         return qd_error_set(err, QD_ERR_INTERNAL, "AWQ: unknown group %d", (int)in->group);
     }
@@ -718,6 +858,11 @@ static qd_err awq_group(void *ctx, const qd_calib_input *in, qd_layer_weights *w
         S.n_out[i] = w->n_out[gm.kinds[i]];
     }
     S.y_numel = in->n_tok * (g == QD_CALIB_O || g == QD_CALIB_DOWN ? S.n_out[0] : w->hidden);
+    if (g == QD_CALIB_O || g == QD_CALIB_DOWN) { /* one linear: the device loss can judge it */
+        S.x = in->x;
+        S.n_tok = in->n_tok;
+        S.bias = w->b[gm.kinds[0]];
+    }
 
     qd_awq_report rep = {.layer = in->layer, .group = g, .n_in = k};
     float *s = alloc_floats(k), *x_mean = alloc_floats(k);

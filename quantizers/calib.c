@@ -92,21 +92,24 @@ static qd_err layer_modified(struct run *r, qd_layer_weights *w, struct layer_bu
     int64_t qdim = (int64_t)c->num_attention_heads * c->head_dim;
     qd_err rc;
 
-    qd_model_rmsnorm(r->m, r->x, w->attn_norm, T, b->xq, o);
-    if ((rc = call_group(r, w, QD_CALIB_QKV, b->xq, hid, err))) return rc;
-    qd_model_rmsnorm(r->m, r->x, w->attn_norm, T, b->xq, o); /* the norm may have changed */
-    rc = qd_block_attention_ex(r->m, w, b->xq, r->n_seq, r->seq_len, NULL, b->att, o, err);
-    if (rc) return rc;
-    if ((rc = call_group(r, w, QD_CALIB_O, b->att, qdim, err))) return rc;
-    qd_linear_forward(w, QD_LINEAR_O, b->att, T, b->y, o);
+    if ((rc = qd_model_rmsnorm_ex(r->m, r->x, w->attn_norm, T, b->xq, o, err)) ||
+        (rc = call_group(r, w, QD_CALIB_QKV, b->xq, hid, err)) ||
+        /* the norm may have changed */
+        (rc = qd_model_rmsnorm_ex(r->m, r->x, w->attn_norm, T, b->xq, o, err)) ||
+        (rc = qd_block_attention_ex(r->m, w, b->xq, r->n_seq, r->seq_len, NULL, b->att, o,
+                                    err)) ||
+        (rc = call_group(r, w, QD_CALIB_O, b->att, qdim, err)) ||
+        (rc = qd_linear_forward_ex(w, QD_LINEAR_O, b->att, T, b->y, o, err)))
+        return rc;
     add_into(b->h, r->x, b->y, T * hid);
 
-    qd_model_rmsnorm(r->m, b->h, w->mlp_norm, T, b->xg, o);
-    if ((rc = call_group(r, w, QD_CALIB_GATE_UP, b->xg, hid, err))) return rc;
-    qd_model_rmsnorm(r->m, b->h, w->mlp_norm, T, b->xg, o);
-    if ((rc = qd_block_mlp_ex(r->m, w, b->xg, T, NULL, b->act, o, err))) return rc;
-    if ((rc = call_group(r, w, QD_CALIB_DOWN, b->act, c->intermediate_size, err))) return rc;
-    qd_linear_forward(w, QD_LINEAR_DOWN, b->act, T, b->y, o);
+    if ((rc = qd_model_rmsnorm_ex(r->m, b->h, w->mlp_norm, T, b->xg, o, err)) ||
+        (rc = call_group(r, w, QD_CALIB_GATE_UP, b->xg, hid, err)) ||
+        (rc = qd_model_rmsnorm_ex(r->m, b->h, w->mlp_norm, T, b->xg, o, err)) ||
+        (rc = qd_block_mlp_ex(r->m, w, b->xg, T, NULL, b->act, o, err)) ||
+        (rc = call_group(r, w, QD_CALIB_DOWN, b->act, c->intermediate_size, err)) ||
+        (rc = qd_linear_forward_ex(w, QD_LINEAR_DOWN, b->act, T, b->y, o, err)))
+        return rc;
     add_into(r->x, b->h, b->y, T * hid);
     return QD_OK;
 }
@@ -120,13 +123,15 @@ static qd_err layer_original(struct run *r, qd_layer_weights *w, struct layer_bu
     qd_err rc;
 
     /* Float pass with the weights as loaded; every group input is kept. */
-    qd_model_rmsnorm(r->m, r->x, w->attn_norm, T, b->xq, o);
-    rc = qd_block_attention_ex(r->m, w, b->xq, r->n_seq, r->seq_len, NULL, b->att, o, err);
-    if (rc) return rc;
-    qd_linear_forward(w, QD_LINEAR_O, b->att, T, b->y, o);
+    if ((rc = qd_model_rmsnorm_ex(r->m, r->x, w->attn_norm, T, b->xq, o, err)) ||
+        (rc = qd_block_attention_ex(r->m, w, b->xq, r->n_seq, r->seq_len, NULL, b->att, o,
+                                    err)) ||
+        (rc = qd_linear_forward_ex(w, QD_LINEAR_O, b->att, T, b->y, o, err)))
+        return rc;
     add_into(b->h, r->x, b->y, T * hid);
-    qd_model_rmsnorm(r->m, b->h, w->mlp_norm, T, b->xg, o);
-    if ((rc = qd_block_mlp_ex(r->m, w, b->xg, T, b->y, b->act, o, err))) return rc;
+    if ((rc = qd_model_rmsnorm_ex(r->m, b->h, w->mlp_norm, T, b->xg, o, err)) ||
+        (rc = qd_block_mlp_ex(r->m, w, b->xg, T, b->y, b->act, o, err)))
+        return rc;
     add_into(b->h, b->h, b->y, T * hid); /* h is now the layer's float output */
 
     if ((rc = call_group(r, w, QD_CALIB_QKV, b->xq, hid, err))) return rc;
@@ -255,7 +260,13 @@ void qd_act_stats_mean_abs(const qd_act_stats *s, float *ret_mean) {
 
 void qd_calib_xtx_add(float *h, const float *x, int64_t n_tok, int64_t n_in,
                       const qd_run_opts *o) {
-    if (o && o->use_ref)
+    const qd_kernels *t = o ? o->kernels : NULL;
+    qd_error ignore = {0};
+    /* a failing table entry (a device error) leaves h as it was: redo it on the cpu */
+    if (t && t->xtx_accum && t->xtx_accum(t->ctx, h, x, n_tok, n_in, &ignore) == QD_OK) return;
+    if (t && t->xtx_accum)
+        qd_xtx_accum_cpu(h, x, n_tok, n_in);
+    else if (o && o->use_ref)
         qd_xtx_accum_ref(h, x, n_tok, n_in);
     else
         qd_xtx_accum_cpu(h, x, n_tok, n_in);

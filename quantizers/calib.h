@@ -112,8 +112,9 @@ void qd_act_stats_add(qd_act_stats *s, const float *x, int64_t n_tok);
 /* ret_mean [n_in] = sum_abs / n_tok (zeros when no token was seen). */
 void qd_act_stats_mean_abs(const qd_act_stats *s, float *ret_mean);
 
-/* h [n_in, n_in] += x^T x for x [n_tok, n_in] (fp32 accumulation through BLAS, or the double-
- * accumulating reference when o->use_ref). */
+/* h [n_in, n_in] += x^T x for x [n_tok, n_in] (fp32 accumulation: o->kernels' xtx_accum when
+ * the table has one - redone on the cpu if it fails -, BLAS, or the double-accumulating
+ * reference when o->use_ref). */
 void qd_calib_xtx_add(float *h, const float *x, int64_t n_tok, int64_t n_in,
                       const qd_run_opts *o);
 

@@ -1,5 +1,5 @@
 /*
- * forward.c - the Llama-family forward pass on CPU: blocks, layers, logits, NLL.
+ * forward.c - the Llama-family forward pass (CPU, or a kernel table): blocks, layers, logits, NLL.
  *
  * DESIGN
  * Layer-major over the whole batch (see model.h): run_layers() keeps X [T, hidden] and, per
@@ -15,7 +15,12 @@
  * bounded too. Log-sum-exp is merged across slices online, in double:
  *   m' = max(m, max_slice), s' = s * exp(m - m') + sum_slice exp(l - m').
  *
- * Kernels: o->use_ref picks kernels/ref, otherwise kernels/cpu (OpenBLAS + pthreads).
+ * Kernels: o->kernels (a backend table, kernels/backend.h) runs the ops it has; without one,
+ * o->use_ref picks kernels/ref, otherwise kernels/cpu (OpenBLAS + pthreads). The table takes
+ * host memory: with CUDA's every op stages its operands to the device and back, so the
+ * activations stay on the host between ops (docs/cuda.md says what a device-resident runtime
+ * would gain). Every op of the table can fail (a device error, device memory); the failure
+ * stops the pass and is returned.
  */
 #include <math.h>
 #include <stdlib.h>
@@ -34,22 +39,72 @@ static const qd_run_opts *opts_or_default(const qd_run_opts *o) {
     return o ? o : &default_opts;
 }
 
-/* ---- kernel dispatch ---- */
+/* ---- kernel dispatch ----
+ * o->kernels (a backend table, e.g. CUDA's) first, where it has the op; otherwise exactly the
+ * calls made before the table existed, so a CPU run is bit-identical with or without it. */
 
-static void k_matmul(const qd_run_opts *o, float *y, const float *x, const float *w,
-                     const float *b, int64_t m, int64_t n, int64_t k) {
+static const qd_kernels *table_of(const qd_run_opts *o) {
+    return o->kernels;
+}
+
+static qd_err k_matmul(const qd_run_opts *o, float *y, const float *x, const float *w,
+                       const float *b, int64_t m, int64_t n, int64_t k, qd_error *err) {
+    const qd_kernels *t = table_of(o);
+    if (t && t->matmul) return t->matmul(t->ctx, y, x, w, b, m, n, k, err);
     if (o->use_ref)
         qd_matmul_ref(y, x, w, b, m, n, k);
     else
         qd_matmul_cpu(y, x, w, b, m, n, k);
+    return QD_OK;
 }
 
-static void k_rmsnorm(const qd_run_opts *o, float *y, const float *x, const float *w,
-                      int64_t n, int64_t d, double eps) {
+static qd_err k_rmsnorm(const qd_run_opts *o, float *y, const float *x, const float *w,
+                        int64_t n, int64_t d, double eps, qd_error *err) {
+    const qd_kernels *t = table_of(o);
+    if (t && t->rmsnorm) return t->rmsnorm(t->ctx, y, x, w, n, d, eps, err);
     if (o->use_ref)
         qd_rmsnorm_ref(y, x, w, n, d, eps);
     else
         qd_rmsnorm_cpu(y, x, w, n, d, eps);
+    return QD_OK;
+}
+
+static qd_err k_rope(const qd_run_opts *o, float *x, int64_t n_tok, int64_t stride,
+                     int64_t seq_len, int n_heads, int head_dim, const float *cos_t,
+                     const float *sin_t, qd_error *err) {
+    const qd_kernels *t = table_of(o);
+    if (t && t->rope_apply)
+        return t->rope_apply(t->ctx, x, n_tok, stride, seq_len, n_heads, head_dim, cos_t, sin_t,
+                             err);
+    if (o->use_ref)
+        qd_rope_apply_ref(x, n_tok, stride, seq_len, n_heads, head_dim, cos_t, sin_t);
+    else
+        qd_rope_apply_cpu(x, n_tok, stride, seq_len, n_heads, head_dim, cos_t, sin_t);
+    return QD_OK;
+}
+
+static qd_err k_attention(const qd_run_opts *o, float *out, const float *q, const float *k,
+                          const float *v, int64_t n_seq, int64_t seq_len, int n_heads,
+                          int n_kv_heads, int head_dim, qd_error *err) {
+    const qd_kernels *t = table_of(o);
+    if (t && t->attention)
+        return t->attention(t->ctx, out, q, k, v, n_seq, seq_len, n_heads, n_kv_heads,
+                            head_dim, err);
+    if (o->use_ref)
+        return qd_attention_ref(out, q, k, v, n_seq, seq_len, n_heads, n_kv_heads, head_dim,
+                                err);
+    return qd_attention_cpu(out, q, k, v, n_seq, seq_len, n_heads, n_kv_heads, head_dim, err);
+}
+
+static qd_err k_silu_mul(const qd_run_opts *o, float *out, const float *gate, const float *up,
+                         int64_t n, qd_error *err) {
+    const qd_kernels *t = table_of(o);
+    if (t && t->silu_mul) return t->silu_mul(t->ctx, out, gate, up, n, err);
+    if (o->use_ref)
+        qd_silu_mul_ref(out, gate, up, n);
+    else
+        qd_silu_mul_cpu(out, gate, up, n);
+    return QD_OK;
 }
 
 static void *alloc_floats(int64_t n) {
@@ -69,14 +124,32 @@ static int64_t seqs_per_chunk(int64_t seq_len) {
 
 /* ---- blocks ---- */
 
+qd_err qd_linear_forward_ex(const qd_layer_weights *w, qd_linear_kind k, const float *x,
+                            int64_t n_tok, float *y, const qd_run_opts *o, qd_error *err) {
+    return k_matmul(opts_or_default(o), y, x, w->w[k], w->b[k], n_tok, w->n_out[k], w->n_in[k],
+                    err);
+}
+
+/* The void forms cannot report a device failure: they redo the op with the cpu kernel, so
+ * their result is right either way (the caller's next fallible call sees a broken device). */
 void qd_linear_forward(const qd_layer_weights *w, qd_linear_kind k, const float *x,
                        int64_t n_tok, float *y, const qd_run_opts *o) {
-    k_matmul(opts_or_default(o), y, x, w->w[k], w->b[k], n_tok, w->n_out[k], w->n_in[k]);
+    qd_error ignore = {0};
+    if (qd_linear_forward_ex(w, k, x, n_tok, y, o, &ignore) != QD_OK)
+        qd_matmul_cpu(y, x, w->w[k], w->b[k], n_tok, w->n_out[k], w->n_in[k]);
+}
+
+qd_err qd_model_rmsnorm_ex(const qd_model *m, const float *x, const float *weight,
+                           int64_t n_tok, float *y, const qd_run_opts *o, qd_error *err) {
+    return k_rmsnorm(opts_or_default(o), y, x, weight, n_tok, m->cfg.hidden_size,
+                     m->cfg.rms_norm_eps, err);
 }
 
 void qd_model_rmsnorm(const qd_model *m, const float *x, const float *weight, int64_t n_tok,
                       float *y, const qd_run_opts *o) {
-    k_rmsnorm(opts_or_default(o), y, x, weight, n_tok, m->cfg.hidden_size, m->cfg.rms_norm_eps);
+    qd_error ignore = {0};
+    if (qd_model_rmsnorm_ex(m, x, weight, n_tok, y, o, &ignore) != QD_OK)
+        qd_rmsnorm_cpu(y, x, weight, n_tok, m->cfg.hidden_size, m->cfg.rms_norm_eps);
 }
 
 /* The activation hook of qd_run_opts, if any, on a linear group's input. */
@@ -100,29 +173,26 @@ static qd_err attention_chunk(const qd_model *m, const qd_layer_weights *w, cons
     float *v = k + T * kvdim;    /* [T, kvdim] */
     float *att = attn_out ? attn_out : v + T * kvdim; /* [T, qdim] */
 
-    k_matmul(o, q, xn, w->w[QD_LINEAR_Q], w->b[QD_LINEAR_Q], T, qdim, c->hidden_size);
-    k_matmul(o, k, xn, w->w[QD_LINEAR_K], w->b[QD_LINEAR_K], T, kvdim, c->hidden_size);
-    k_matmul(o, v, xn, w->w[QD_LINEAR_V], w->b[QD_LINEAR_V], T, kvdim, c->hidden_size);
     qd_err rc;
-    if (o->use_ref) {
-        qd_rope_apply_ref(q, T, qdim, seq_len, c->num_attention_heads, c->head_dim, cos_t, sin_t);
-        qd_rope_apply_ref(k, T, kvdim, seq_len, c->num_key_value_heads, c->head_dim, cos_t,
-                          sin_t);
-        rc = qd_attention_ref(att, q, k, v, n_seq, seq_len, c->num_attention_heads,
-                              c->num_key_value_heads, c->head_dim, err);
-    } else {
-        qd_rope_apply_cpu(q, T, qdim, seq_len, c->num_attention_heads, c->head_dim, cos_t, sin_t);
-        qd_rope_apply_cpu(k, T, kvdim, seq_len, c->num_key_value_heads, c->head_dim, cos_t,
-                          sin_t);
-        rc = qd_attention_cpu(att, q, k, v, n_seq, seq_len, c->num_attention_heads,
-                              c->num_key_value_heads, c->head_dim, err);
-    }
-    if (rc) return rc;
+    if ((rc = k_matmul(o, q, xn, w->w[QD_LINEAR_Q], w->b[QD_LINEAR_Q], T, qdim, c->hidden_size,
+                       err)) ||
+        (rc = k_matmul(o, k, xn, w->w[QD_LINEAR_K], w->b[QD_LINEAR_K], T, kvdim,
+                       c->hidden_size, err)) ||
+        (rc = k_matmul(o, v, xn, w->w[QD_LINEAR_V], w->b[QD_LINEAR_V], T, kvdim,
+                       c->hidden_size, err)) ||
+        (rc = k_rope(o, q, T, qdim, seq_len, c->num_attention_heads, c->head_dim, cos_t, sin_t,
+                     err)) ||
+        (rc = k_rope(o, k, T, kvdim, seq_len, c->num_key_value_heads, c->head_dim, cos_t,
+                     sin_t, err)) ||
+        (rc = k_attention(o, att, q, k, v, n_seq, seq_len, c->num_attention_heads,
+                          c->num_key_value_heads, c->head_dim, err)))
+        return rc;
     if (y) {
         if ((rc = input_hook(o, w, QD_LINEAR_O, att, T, qdim, err))) return rc;
-        k_matmul(o, y, att, w->w[QD_LINEAR_O], w->b[QD_LINEAR_O], T, c->hidden_size, qdim);
+        rc = k_matmul(o, y, att, w->w[QD_LINEAR_O], w->b[QD_LINEAR_O], T, c->hidden_size, qdim,
+                      err);
     }
-    return QD_OK;
+    return rc;
 }
 
 /* cos/sin tables for positions 0..seq_len-1: one allocation, [2, seq_len, head_dim/2]. */
@@ -192,20 +262,17 @@ qd_err qd_block_mlp_ex(const qd_model *m, const qd_layer_weights *w, const float
         int64_t nt = n_tok - t0 < chunk ? n_tok - t0 : chunk;
         const float *x = xn + t0 * hid;
         float *a = act ? act + t0 * inter : gate; /* silu(gate) * up, written over gate */
-        k_matmul(o, gate, x, w->w[QD_LINEAR_GATE], w->b[QD_LINEAR_GATE], nt, inter, hid);
-        k_matmul(o, up, x, w->w[QD_LINEAR_UP], w->b[QD_LINEAR_UP], nt, inter, hid);
-        if (o->use_ref)
-            qd_silu_mul_ref(a, gate, up, nt * inter);
-        else
-            qd_silu_mul_cpu(a, gate, up, nt * inter);
-        if (y) {
-            qd_err rc = input_hook(o, w, QD_LINEAR_DOWN, a, nt, inter, err);
-            if (rc) {
-                free(gate);
-                return rc;
-            }
-            k_matmul(o, y + t0 * hid, a, w->w[QD_LINEAR_DOWN], w->b[QD_LINEAR_DOWN], nt, hid,
-                     inter);
+        qd_err rc;
+        if ((rc = k_matmul(o, gate, x, w->w[QD_LINEAR_GATE], w->b[QD_LINEAR_GATE], nt, inter,
+                           hid, err)) ||
+            (rc = k_matmul(o, up, x, w->w[QD_LINEAR_UP], w->b[QD_LINEAR_UP], nt, inter, hid,
+                           err)) ||
+            (rc = k_silu_mul(o, a, gate, up, nt * inter, err)) ||
+            (y && ((rc = input_hook(o, w, QD_LINEAR_DOWN, a, nt, inter, err)) ||
+                   (rc = k_matmul(o, y + t0 * hid, a, w->w[QD_LINEAR_DOWN],
+                                  w->b[QD_LINEAR_DOWN], nt, hid, inter, err))))) {
+            free(gate);
+            return rc;
         }
     }
     free(gate);
@@ -235,12 +302,14 @@ qd_err qd_layer_forward(const qd_model *m, const qd_layer_weights *w, const floa
         int64_t nt = ns * seq_len;
         const float *xi = x_in + s0 * seq_len * hid;
         float *xo = x_out + s0 * seq_len * hid;
-        k_rmsnorm(o, xn, xi, w->attn_norm, nt, hid, m->cfg.rms_norm_eps);
+        if ((rc = k_rmsnorm(o, xn, xi, w->attn_norm, nt, hid, m->cfg.rms_norm_eps, err)))
+            break;
         if ((rc = input_hook(o, w, QD_LINEAR_Q, xn, nt, hid, err))) break;
         rc = qd_block_attention_ex(m, w, xn, ns, seq_len, y, NULL, o, err);
         if (rc) break;
         for (int64_t i = 0; i < nt * hid; i++) xo[i] = xi[i] + y[i]; /* h */
-        k_rmsnorm(o, xn, xo, w->mlp_norm, nt, hid, m->cfg.rms_norm_eps);
+        if ((rc = k_rmsnorm(o, xn, xo, w->mlp_norm, nt, hid, m->cfg.rms_norm_eps, err)))
+            break;
         if ((rc = input_hook(o, w, QD_LINEAR_GATE, xn, nt, hid, err))) break;
         rc = qd_block_mlp_ex(m, w, xn, nt, y, NULL, o, err);
         if (rc) break;
@@ -306,8 +375,9 @@ static qd_err run_head(const qd_model *m, float *x, int64_t T, const qd_run_opts
         free(norm_w);
         return rc;
     }
-    k_rmsnorm(o, x, x, norm_w, T, hid, m->cfg.rms_norm_eps);
+    rc = k_rmsnorm(o, x, x, norm_w, T, hid, m->cfg.rms_norm_eps, err);
     free(norm_w);
+    if (rc) return rc;
 
     int64_t slice = o->head_slice_rows > 0 ? o->head_slice_rows : QD_HEAD_SLICE_ELEMS / hid;
     if (slice < 1) slice = 1;
@@ -328,7 +398,7 @@ static qd_err run_head(const qd_model *m, float *x, int64_t T, const qd_run_opts
                                (size_t)(nv * hid) * esz);
         for (int64_t t0 = 0; t0 < T; t0 += tchunk) {
             int64_t nt = T - t0 < tchunk ? T - t0 : tchunk;
-            k_matmul(o, logits, x + t0 * hid, wbuf, NULL, nt, nv, hid);
+            if ((rc = k_matmul(o, logits, x + t0 * hid, wbuf, NULL, nt, nv, hid, err))) break;
             sink->fn(sink, logits, t0, nt, v0, nv);
         }
     }

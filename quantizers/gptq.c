@@ -521,3 +521,194 @@ done:
     free(row_loss);
     return rc;
 }
+
+/* ---- on a CUDA device ---- */
+
+#ifdef QD_HAVE_CUDA
+#include "qd_cuda.h"
+
+/* Rows of a calibration batch uploaded per step (device scratch: rows * k floats). */
+#define QD_GPTQ_DEV_ROWS 8192
+
+qd_err qd_gptq_hessian_dev_init(qd_gptq_hessian_dev *hs, struct qd_cuda *c, int k,
+                                qd_error *err) {
+    if (!hs || !c) return qd_error_set(err, QD_ERR_INVALID_ARG, "gptq hessian: NULL");
+    memset(hs, 0, sizeof *hs);
+    if (k < 1 || k > QD_GPTQ_MAX_K)
+        return qd_error_set(err, QD_ERR_INVALID_ARG, "gptq hessian: in_features %d outside "
+                            "1..%d", k, QD_GPTQ_MAX_K);
+    size_t bytes = (size_t)k * (size_t)k * sizeof(float);
+    void *h = NULL;
+    qd_err rc = qd_cuda_alloc(c, bytes, &h, err);
+    if (rc == QD_OK) rc = qd_cuda_fill(c, h, 0, bytes, err);
+    if (rc != QD_OK) {
+        qd_cuda_free(c, h);
+        qd_error_prefix(err, "gptq hessian [%d, %d]: ", k, k);
+        return rc;
+    }
+    hs->cuda = c;
+    hs->k = k;
+    hs->h = h;
+    return QD_OK;
+}
+
+void qd_gptq_hessian_dev_done(qd_gptq_hessian_dev *hs) {
+    if (!hs) return;
+    if (hs->cuda) qd_cuda_free(hs->cuda, hs->h);
+    memset(hs, 0, sizeof *hs);
+}
+
+qd_err qd_gptq_hessian_dev_add(qd_gptq_hessian_dev *hs, const float *x, int64_t n_tok,
+                               int64_t n_seq, qd_error *err) {
+    if (!hs || !hs->h)
+        return qd_error_set(err, QD_ERR_INVALID_ARG, "gptq hessian: not initialised");
+    if (n_seq < 1)
+        return qd_error_set(err, QD_ERR_INVALID_ARG, "gptq hessian: a batch must hold at "
+                            "least one sequence (got %lld)", (long long)n_seq);
+    if (n_tok < 1 || !x)
+        return qd_error_set(err, QD_ERR_INVALID_ARG, "gptq hessian: bad batch (%lld rows, x %s)",
+                            (long long)n_tok, x ? "set" : "NULL");
+    if (hs->n > INT64_MAX - n_seq)
+        return qd_error_set(err, QD_ERR_INVALID_ARG, "gptq hessian: sample count overflows");
+    const int64_t k = hs->k;
+    for (int64_t i = 0; i < n_tok * k; i++)
+        if (!isfinite(x[i]))
+            return qd_error_set(err, QD_ERR_INVALID_ARG, "gptq hessian: non-finite input "
+                                "%g at row %lld, column %lld", (double)x[i],
+                                (long long)(i / k), (long long)(i % k));
+    qd_cuda *c = hs->cuda;
+    int64_t rows = n_tok < QD_GPTQ_DEV_ROWS ? n_tok : QD_GPTQ_DEV_ROWS;
+    void *dx = NULL;
+    qd_err rc = qd_cuda_alloc(c, (size_t)(rows * k) * sizeof(float), &dx, err);
+    /* The first slice makes the running update (shrink, n += n_seq, scaled X^T X); the others
+     * add their X^T X with the same factor 2 / n, which is what one call on the whole batch
+     * computes up to the rounding of sqrt(2 / n)^2. */
+    int64_t n_after = hs->n;
+    float alpha = (float)(2.0 / (double)(hs->n + n_seq));
+    for (int64_t t0 = 0; rc == QD_OK && t0 < n_tok; t0 += rows) {
+        int64_t m = n_tok - t0 < rows ? n_tok - t0 : rows;
+        rc = qd_cuda_upload(c, dx, x + t0 * k, (size_t)(m * k) * sizeof(float), err);
+        if (rc == QD_OK && t0 == 0)
+            rc = qd_gptq_hessian_add_cuda(c, hs->h, k, &n_after, dx, m, n_seq, err);
+        else if (rc == QD_OK)
+            rc = qd_xtx_accum_cuda(c, hs->h, dx, m, k, alpha, err);
+        /* the host slice must stay valid until its upload ran */
+        if (rc == QD_OK) rc = qd_cuda_sync(c, err);
+    }
+    qd_cuda_free(c, dx);
+    if (rc != QD_OK) {
+        qd_error_prefix(err, "gptq hessian: ");
+        return rc; /* H is unusable now; the caller drops it with the job */
+    }
+    hs->n = n_after;
+    return QD_OK;
+}
+
+qd_err qd_gptq_quantize_dev(const float *w, int n, int k, const qd_gptq_hessian_dev *hs,
+                            const qd_gptq_params *p, qd_qlinear *ret_q, float *ret_dequant,
+                            qd_gptq_stats *ret_stats, qd_error *err) {
+    if (!w || !hs || !hs->h || !p || !ret_q)
+        return qd_error_set(err, QD_ERR_INVALID_ARG, "gptq: NULL argument");
+    if (n < 1 || k < 1 || hs->k != k)
+        return qd_error_set(err, QD_ERR_INVALID_ARG, "gptq: the Hessian is for in_features %d "
+                            "but the weight is [%d, %d]", hs->k, n, k);
+    if (hs->n < 1)
+        return qd_error_set(err, QD_ERR_PRECONDITION, "gptq: no calibration batch was added "
+                            "to the Hessian");
+    if (p->group_size > 0 && k % p->group_size != 0)
+        return qd_error_set(err, QD_ERR_INVALID_ARG, "gptq: group_size %d does not divide "
+                            "in_features %d", p->group_size, k);
+    qd_cuda *c = hs->cuda;
+    const int64_t nn = n, kk = k;
+    const int64_t g = p->group_size > 0 ? p->group_size : kk;
+    const int64_t ng = kk / g;
+    qd_qlinear q;
+    memset(&q, 0, sizeof q);
+    void *dw = NULL, *dcodes = NULL, *dscales = NULL, *dzeros = NULL, *ddeq = NULL;
+    qd_err rc = qd_qlinear_alloc(&q, n, k, QD_QTYPE_INT, p->bits, (int)g, p->rule, err);
+    bool g_idx = p->group_size > 0 && !p->static_groups && p->act_order;
+    if (rc == QD_OK && g_idx) {
+        q.g_idx = malloc((size_t)k * sizeof *q.g_idx);
+        if (!q.g_idx) rc = qd_error_set(err, QD_ERR_NOMEM, "gptq: no memory for g_idx");
+    }
+    qd_cuda_gptq_opts o = {
+        .bits = p->bits, .group_size = p->group_size, .rule = p->rule,
+        .scale_dtype = p->scale_dtype, .damp_percent = p->damp_percent,
+        .damp_auto_increment = p->damp_auto_increment, .act_order = p->act_order,
+        .static_groups = p->static_groups, .block_size = p->block_size,
+    };
+    qd_cuda_gptq_stats st = {0};
+    size_t wb = (size_t)(nn * kk) * sizeof(float), pb = (size_t)(nn * ng) * sizeof(float);
+    if (rc == QD_OK &&
+        ((rc = qd_cuda_alloc(c, wb, &dw, err)) ||
+         (rc = qd_cuda_alloc(c, (size_t)(nn * kk), &dcodes, err)) ||
+         (rc = qd_cuda_alloc(c, pb, &dscales, err)) ||
+         (rc = qd_cuda_alloc(c, pb, &dzeros, err)) ||
+         (ret_dequant && (rc = qd_cuda_alloc(c, wb, &ddeq, err))) ||
+         (rc = qd_cuda_upload(c, dw, w, wb, err)) ||
+         (rc = qd_gptq_quantize_cuda(c, dw, n, k, hs->h, &o, dcodes, dscales, dzeros, q.g_idx,
+                                     ddeq, &st, err)) ||
+         (rc = qd_cuda_download(c, q.codes, dcodes, (size_t)(nn * kk), err)) ||
+         (rc = qd_cuda_download(c, q.scales, dscales, pb, err)) ||
+         (rc = qd_cuda_download(c, q.zeros, dzeros, pb, err)) ||
+         (ret_dequant && (rc = qd_cuda_download(c, ret_dequant, ddeq, wb, err)))))
+        qd_error_prefix(err, "gptq [%d, %d] on %s: ", n, k, qd_cuda_info(c)->name);
+    qd_cuda_free(c, dw);
+    qd_cuda_free(c, dcodes);
+    qd_cuda_free(c, dscales);
+    qd_cuda_free(c, dzeros);
+    qd_cuda_free(c, ddeq);
+    if (rc != QD_OK) {
+        qd_qlinear_free(&q);
+        return rc;
+    }
+    if (ret_stats) {
+        ret_stats->loss = st.loss;
+        ret_stats->damp_percent = st.damp_percent;
+        ret_stats->n_dead = st.n_dead;
+    }
+    *ret_q = q;
+    return QD_OK;
+}
+
+#else /* !QD_HAVE_CUDA */
+
+static qd_err no_cuda(qd_error *err) {
+    return qd_error_set(err, QD_ERR_UNAVAILABLE, "gptq: this build has no CUDA backend");
+}
+
+qd_err qd_gptq_hessian_dev_init(qd_gptq_hessian_dev *hs, struct qd_cuda *c, int k,
+                                qd_error *err) {
+    (void)c;
+    (void)k;
+    if (hs) memset(hs, 0, sizeof *hs);
+    return no_cuda(err);
+}
+
+void qd_gptq_hessian_dev_done(qd_gptq_hessian_dev *hs) {
+    if (hs) memset(hs, 0, sizeof *hs);
+}
+
+qd_err qd_gptq_hessian_dev_add(qd_gptq_hessian_dev *hs, const float *x, int64_t n_tok,
+                               int64_t n_seq, qd_error *err) {
+    (void)hs;
+    (void)x;
+    (void)n_tok;
+    (void)n_seq;
+    return no_cuda(err);
+}
+
+qd_err qd_gptq_quantize_dev(const float *w, int n, int k, const qd_gptq_hessian_dev *hs,
+                            const qd_gptq_params *p, qd_qlinear *ret_q, float *ret_dequant,
+                            qd_gptq_stats *ret_stats, qd_error *err) {
+    (void)w;
+    (void)n;
+    (void)k;
+    (void)hs;
+    (void)p;
+    (void)ret_q;
+    (void)ret_dequant;
+    (void)ret_stats;
+    return no_cuda(err);
+}
+#endif

@@ -114,4 +114,37 @@ qd_err qd_gptq_quantize(const float *w, int n, int k, const qd_gptq_hessian *hs,
                         const qd_gptq_params *p, qd_qlinear *ret_q, float *ret_dequant,
                         qd_gptq_stats *ret_stats, qd_error *err);
 
+/* ---- on a CUDA device ----
+ *
+ * The same two steps with the Hessian kept on a CUDA device (kernels/cuda/qd_cuda.h): the
+ * running update by cuBLAS, the quantization by qd_gptq_quantize_cuda, which follows
+ * qd_gptq_quantize step for step (codes differ only where cuSOLVER's factor and cuBLAS's GEMMs
+ * round differently from LAPACK and OpenBLAS). Inputs and outputs are host memory; only the
+ * Hessian, and during qd_gptq_quantize_dev the layer's working buffers, live on the device.
+ * Without the CUDA backend in the build every call fails with QD_ERR_UNAVAILABLE. Device
+ * errors come back as QD_ERR_DEVICE / QD_ERR_NOMEM with the runtime's message; the buffers
+ * a call allocated are freed before it returns.
+ */
+struct qd_cuda;
+
+typedef struct qd_gptq_hessian_dev {
+    struct qd_cuda *cuda; /* borrowed */
+    int k;
+    float *h;             /* [k, k] on the device */
+    int64_t n;
+} qd_gptq_hessian_dev;
+
+/* Zeroed [k, k] Hessian on the device of c. Errors as qd_gptq_hessian_init, QD_ERR_NOMEM when
+ * the device lacks the memory. */
+qd_err qd_gptq_hessian_dev_init(qd_gptq_hessian_dev *hs, struct qd_cuda *c, int k,
+                                qd_error *err);
+void qd_gptq_hessian_dev_done(qd_gptq_hessian_dev *hs); /* accepts a zeroed struct */
+/* qd_gptq_hessian_add with x [n_tok, k] on the host (checked for non-finite values there). */
+qd_err qd_gptq_hessian_dev_add(qd_gptq_hessian_dev *hs, const float *x, int64_t n_tok,
+                               int64_t n_seq, qd_error *err);
+/* qd_gptq_quantize's contract with the device Hessian: w [n, k] and the results on the host. */
+qd_err qd_gptq_quantize_dev(const float *w, int n, int k, const qd_gptq_hessian_dev *hs,
+                            const qd_gptq_params *p, qd_qlinear *ret_q, float *ret_dequant,
+                            qd_gptq_stats *ret_stats, qd_error *err);
+
 #endif /* QD_GPTQ_H */

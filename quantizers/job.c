@@ -9,16 +9,27 @@
  * driver in its sequential mode: the group callback accumulates one Hessian per group (the
  * linears of a group share an input), quantizes each linear, and writes the dequantized weights
  * back so the rest of the layer, and the next layers, see the quantized model.
+ *
+ * On a CUDA device (qd_job_device, run->kernels the CUDA table) the same flow runs with the
+ * forward passes going through the table, the GPTQ Hessian and quantization on the device
+ * (gptq.h's _dev functions), and RTN / FP8 through the table's kernels, whose codes equal the
+ * CPU's bit for bit; nothing else changes, so everything after the job (packing, the
+ * artifact) is the CPU's code.
  */
 #include "job.h"
 
+#include <errno.h>
 #include <math.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "awq.h"
 #include "gptq.h"
 #include "rtn.h"
+#ifdef QD_HAVE_CUDA
+#include "qd_cuda.h"
+#endif
 
 #define LIN(r, layer, kind) ((size_t)(layer) * QD_LINEAR_COUNT + (size_t)(kind))
 
@@ -111,13 +122,16 @@ static qd_err attach_bias(const qd_layer_weights *w, qd_linear_kind k, qd_qlinea
     return QD_OK;
 }
 
-/* sum ||x (W' - W)^T||^2 / sum ||x W^T||^2 over the linears of a group, with W the original
- * weights (orig, concatenated in group order) and W' the layer's current ones. */
-static double group_rel_err(struct job *j, const qd_calib_input *in, const qd_layer_weights *w,
-                            const qd_linear_kind *kinds, int n_kinds, const float *orig) {
+/* *ret = sum ||x (W' - W)^T||^2 / sum ||x W^T||^2 over the linears of a group, with W the
+ * original weights (orig, concatenated in group order) and W' the layer's current ones; -1 when
+ * the host lacks the memory (the error is then reported as not measured). */
+static qd_err group_rel_err(struct job *j, const qd_calib_input *in, const qd_layer_weights *w,
+                            const qd_linear_kind *kinds, int n_kinds, const float *orig,
+                            double *ret, qd_error *err) {
     double num = 0, den = 0;
     int64_t T = in->n_tok;
     const float *wo = orig;
+    *ret = -1.0;
     for (int i = 0; i < n_kinds; i++) {
         qd_linear_kind k = kinds[i];
         int64_t n_out = w->n_out[k];
@@ -126,14 +140,19 @@ static double group_rel_err(struct job *j, const qd_calib_input *in, const qd_la
         if (!ya || !yb) {
             free(ya);
             free(yb);
-            return -1.0;
+            return QD_OK;
         }
         qd_layer_weights tmp = *w;
         tmp.w[k] = (float *)wo;
         tmp.b[k] = NULL;
-        qd_linear_forward(&tmp, k, in->x, T, ya, &j->run);
+        qd_err rc = qd_linear_forward_ex(&tmp, k, in->x, T, ya, &j->run, err);
         tmp.w[k] = w->w[k];
-        qd_linear_forward(&tmp, k, in->x, T, yb, &j->run);
+        if (rc == QD_OK) rc = qd_linear_forward_ex(&tmp, k, in->x, T, yb, &j->run, err);
+        if (rc != QD_OK) {
+            free(ya);
+            free(yb);
+            return rc;
+        }
         for (int64_t t = 0; t < T * n_out; t++) {
             double d = (double)yb[t] - ya[t];
             num += d * d;
@@ -143,7 +162,14 @@ static double group_rel_err(struct job *j, const qd_calib_input *in, const qd_la
         free(yb);
         wo += n_out * w->n_in[k];
     }
-    return den > 0 ? num / den : 0.0;
+    *ret = den > 0 ? num / den : 0.0;
+    return QD_OK;
+}
+
+/* The job's CUDA context when it runs on a CUDA device, else NULL. */
+static struct qd_cuda *job_cuda(const struct job *j) {
+    const qd_kernels *t = j->run.kernels;
+    return t && t->kind == QD_BACKEND_CUDA ? (struct qd_cuda *)t->ctx : NULL;
 }
 
 static qd_err save_orig(struct job *j, const qd_layer_weights *w, const qd_linear_kind *kinds,
@@ -167,12 +193,48 @@ static qd_err save_orig(struct job *j, const qd_layer_weights *w, const qd_linea
 
 /* ---- RTN and FP8 per linear ---- */
 
+/* RTN / FP8 of one linear through the CUDA table: the same checks and allocation as
+ * qd_rtn_quantize / qd_fp8_quantize, the kernels of the device (bit-identical codes). */
+static qd_err quantize_linear_table(struct job *j, const float *w, int n, int k, qd_qlinear *out,
+                                    qd_error *err) {
+    const qd_kernels *t = j->run.kernels;
+    bool fp8 = j->spec->method == QD_SPEC_METHOD_FP8;
+    int gs = j->group_size > 0 ? j->group_size : k;
+    if (k % gs != 0)
+        return qd_error_set(err, QD_ERR_INVALID_ARG, "RTN: group size %d does not divide "
+                            "in_features %d (remainder %d)", gs, k, k % gs);
+    for (int64_t i = 0; i < (int64_t)n * k; i++)
+        if (!isfinite(w[i]))
+            return qd_error_set(err, QD_ERR_INVALID_ARG, "RTN: weight [%lld, %lld] is not "
+                                "finite (%g)", (long long)(i / k), (long long)(i % k),
+                                (double)w[i]);
+    qd_qlinear q;
+    qd_err rc = fp8 ? qd_qlinear_alloc(&q, n, k, QD_QTYPE_FP8_E4M3, 8, k, QD_QRULE_COUNT, err)
+                    : qd_qlinear_alloc(&q, n, k, QD_QTYPE_INT, j->bits, gs, j->rule, err);
+    if (rc) return rc;
+    if (fp8)
+        rc = t->quant_fp8(t->ctx, w, n, k,
+                          j->spec->fp8.weight_scale == QD_SPEC_FP8_WEIGHT_SCALE_CHANNEL,
+                          j->scale_dtype, q.codes, q.scales, err);
+    else
+        rc = t->quant_rtn(t->ctx, w, n, k, j->bits, gs, j->rule, j->scale_dtype, q.codes,
+                          q.scales, q.zeros, err);
+    if (rc) {
+        qd_qlinear_free(&q);
+        return rc;
+    }
+    *out = q;
+    return QD_OK;
+}
+
 static qd_err quantize_linear_rtn(struct job *j, qd_layer_weights *w, qd_linear_kind k,
                                   qd_error *err) {
     qd_qlinear *q = &j->r->q[LIN(j->r, w->layer, k)];
     int n = (int)w->n_out[k], kk = (int)w->n_in[k];
     qd_err rc;
-    if (j->spec->method == QD_SPEC_METHOD_FP8)
+    if (job_cuda(j) && j->run.kernels->quant_rtn && j->run.kernels->quant_fp8)
+        rc = quantize_linear_table(j, w->w[k], n, kk, q, err);
+    else if (j->spec->method == QD_SPEC_METHOD_FP8)
         rc = qd_fp8_quantize(w->w[k], n, kk,
                              j->spec->fp8.weight_scale == QD_SPEC_FP8_WEIGHT_SCALE_CHANNEL,
                              j->scale_dtype, q, err);
@@ -184,15 +246,12 @@ static qd_err quantize_linear_rtn(struct job *j, qd_layer_weights *w, qd_linear_
     return rc;
 }
 
-static qd_err gptq_group(void *ctx, const qd_calib_input *in, qd_layer_weights *w,
-                         qd_error *err) {
-    struct job *j = ctx;
-    qd_linear_kind kinds[3];
-    int n = qd_calib_group_linears(in->group, kinds);
-    qd_gptq_hessian hs = {0};
-    qd_err rc = save_orig(j, w, kinds, n, err);
-    if (rc == QD_OK) rc = qd_gptq_hessian_init(&hs, (int)in->n_in, err);
-    if (rc == QD_OK) rc = qd_gptq_hessian_add(&hs, in->x, in->n_tok, in->n_seq, err);
+/* The group's Hessian and each linear's GPTQ on the job's CUDA device. */
+static qd_err gptq_group_dev(struct job *j, const qd_calib_input *in, qd_layer_weights *w,
+                             const qd_linear_kind *kinds, int n, qd_error *err) {
+    qd_gptq_hessian_dev hs = {0};
+    qd_err rc = qd_gptq_hessian_dev_init(&hs, job_cuda(j), (int)in->n_in, err);
+    if (rc == QD_OK) rc = qd_gptq_hessian_dev_add(&hs, in->x, in->n_tok, in->n_seq, err);
     for (int i = 0; rc == QD_OK && i < n; i++) {
         qd_linear_kind k = kinds[i];
         if (excluded(j, w->layer, k)) {
@@ -200,14 +259,44 @@ static qd_err gptq_group(void *ctx, const qd_calib_input *in, qd_layer_weights *
             continue;
         }
         qd_qlinear *q = &j->r->q[LIN(j->r, w->layer, k)];
-        rc = qd_gptq_quantize(w->w[k], (int)w->n_out[k], (int)w->n_in[k], &hs, &j->gptq, q,
-                              w->w[k], NULL, err);
+        rc = qd_gptq_quantize_dev(w->w[k], (int)w->n_out[k], (int)w->n_in[k], &hs, &j->gptq, q,
+                                  w->w[k], NULL, err);
         if (rc == QD_OK) rc = attach_bias(w, k, q, err);
         if (rc != QD_OK) qd_error_prefix(err, "%s: ", qd_linear_name(k));
     }
-    qd_gptq_hessian_done(&hs);
-    if (rc == QD_OK) set_group_error(j, w->layer, in->group,
-                                     group_rel_err(j, in, w, kinds, n, j->orig));
+    qd_gptq_hessian_dev_done(&hs);
+    return rc;
+}
+
+static qd_err gptq_group(void *ctx, const qd_calib_input *in, qd_layer_weights *w,
+                         qd_error *err) {
+    struct job *j = ctx;
+    qd_linear_kind kinds[3];
+    int n = qd_calib_group_linears(in->group, kinds);
+    qd_err rc = save_orig(j, w, kinds, n, err);
+    if (rc == QD_OK && job_cuda(j)) {
+        rc = gptq_group_dev(j, in, w, kinds, n, err);
+    } else if (rc == QD_OK) {
+        qd_gptq_hessian hs = {0};
+        rc = qd_gptq_hessian_init(&hs, (int)in->n_in, err);
+        if (rc == QD_OK) rc = qd_gptq_hessian_add(&hs, in->x, in->n_tok, in->n_seq, err);
+        for (int i = 0; rc == QD_OK && i < n; i++) {
+            qd_linear_kind k = kinds[i];
+            if (excluded(j, w->layer, k)) {
+                rc = keep_float(j, w, k, err);
+                continue;
+            }
+            qd_qlinear *q = &j->r->q[LIN(j->r, w->layer, k)];
+            rc = qd_gptq_quantize(w->w[k], (int)w->n_out[k], (int)w->n_in[k], &hs, &j->gptq, q,
+                                  w->w[k], NULL, err);
+            if (rc == QD_OK) rc = attach_bias(w, k, q, err);
+            if (rc != QD_OK) qd_error_prefix(err, "%s: ", qd_linear_name(k));
+        }
+        qd_gptq_hessian_done(&hs);
+    }
+    double e = -1.0;
+    if (rc == QD_OK) rc = group_rel_err(j, in, w, kinds, n, j->orig, &e, err);
+    if (rc == QD_OK) set_group_error(j, w->layer, in->group, e);
     return rc;
 }
 
@@ -558,4 +647,116 @@ qd_err qd_job_perplexity(const qd_model *m, const qd_job_result *r, const int32_
     }
     free(nll);
     return rc;
+}
+
+/* ---- devices ---- */
+
+qd_err qd_job_device_parse(const char *text, int *ret_index, qd_error *err) {
+    if (!text || strcmp(text, "cpu") == 0) {
+        *ret_index = -1;
+        return QD_OK;
+    }
+    if (strcmp(text, "auto") == 0) {
+        *ret_index = -2;
+        return QD_OK;
+    }
+    if (strncmp(text, "cuda:", 5) == 0 && text[5] >= '0' && text[5] <= '9') {
+        char *end;
+        errno = 0;
+        long v = strtol(text + 5, &end, 10);
+        if (errno == 0 && *end == '\0' && v >= 0 && v < 1024) {
+            *ret_index = (int)v;
+            return QD_OK;
+        }
+    }
+    return qd_error_set(err, QD_ERR_INVALID_ARG, "--device '%s': expected cpu, cuda:N or auto",
+                        text);
+}
+
+static void device_cpu(qd_job_device *d) {
+    memset(d, 0, sizeof *d);
+    d->kind = QD_BACKEND_CPU;
+    snprintf(d->name, sizeof d->name, "cpu");
+    snprintf(d->desc, sizeof d->desc, "cpu");
+}
+
+#ifdef QD_HAVE_CUDA
+static qd_err device_cuda(qd_job_device *d, int index, qd_error *err) {
+    qd_cuda *c = NULL;
+    qd_err rc = qd_cuda_open(index, &c, err);
+    if (rc != QD_OK) {
+        qd_error_prefix(err, "cuda:%d: ", index);
+        return rc;
+    }
+    memset(d, 0, sizeof *d);
+    d->kind = QD_BACKEND_CUDA;
+    d->index = index;
+    d->cuda = c;
+    qd_kernels_cuda(c, &d->table);
+    const qd_device_info *info = qd_cuda_info(c);
+    snprintf(d->name, sizeof d->name, "cuda:%d", index);
+    snprintf(d->desc, sizeof d->desc, "cuda:%d (%.100s, %zu MiB)", index, info->name,
+             info->memory_bytes >> 20);
+    return QD_OK;
+}
+#else
+static qd_err device_cuda(qd_job_device *d, int index, qd_error *err) {
+    (void)d;
+    return qd_error_set(err, QD_ERR_UNAVAILABLE, "cuda:%d: this build of quantd has no CUDA "
+                        "backend", index);
+}
+#endif
+
+qd_err qd_job_device_open(const char *text, qd_job_device *ret, const char **ret_note,
+                          qd_error *err) {
+    int index;
+    qd_err rc = qd_job_device_parse(text, &index, err);
+    if (ret_note) *ret_note = NULL;
+    if (rc != QD_OK) return rc;
+    if (index == -1) {
+        device_cpu(ret);
+        return QD_OK;
+    }
+    if (index >= 0) return device_cuda(ret, index, err);
+    /* auto: cuda:0 when it opens, the CPU otherwise */
+    qd_error why = {0};
+    if (device_cuda(ret, 0, &why) == QD_OK) return QD_OK;
+    static _Thread_local char note[sizeof why.msg];
+    memcpy(note, why.msg, sizeof note);
+    if (ret_note) *ret_note = note;
+    device_cpu(ret);
+    return QD_OK;
+}
+
+void qd_job_device_close(qd_job_device *d) {
+    if (!d) return;
+#ifdef QD_HAVE_CUDA
+    qd_cuda_close(d->cuda);
+#endif
+    memset(d, 0, sizeof *d);
+}
+
+bool qd_job_device_broken(const qd_job_device *d) {
+#ifdef QD_HAVE_CUDA
+    return d && d->cuda && qd_cuda_broken(d->cuda);
+#else
+    (void)d;
+    return false;
+#endif
+}
+
+qd_err qd_job_device_reopen(qd_job_device *d, qd_error *err) {
+    if (d->kind != QD_BACKEND_CUDA || (d->cuda && !qd_job_device_broken(d))) return QD_OK;
+    int index = d->index;
+    qd_job_device_close(d);
+    /* until it opens again the device stays CUDA without a context (run_opts refuses it) */
+    d->kind = QD_BACKEND_CUDA;
+    d->index = index;
+    snprintf(d->name, sizeof d->name, "cuda:%d", index);
+    snprintf(d->desc, sizeof d->desc, "cuda:%d (not open)", index);
+    return device_cuda(d, index, err);
+}
+
+void qd_job_device_run_opts(const qd_job_device *d, qd_run_opts *o) {
+    o->kernels = d && d->kind == QD_BACKEND_CUDA && d->cuda ? &d->table : NULL;
 }

@@ -75,4 +75,40 @@ qd_err qd_job_perplexity(const qd_model *m, const qd_job_result *r, const int32_
 qd_err qd_job_rule(const qd_model *m, const qd_spec *spec, qd_qrule *ret_rule,
                    qd_dtype *ret_scale_dtype, qd_error *err);
 
+/* ---- the device a job runs on ----
+ *
+ * "cpu" (the default): the cpu kernels, exactly as without a device. "cuda:N": a CUDA context
+ * on device N and its kernel table (kernels/cuda/qd_cuda.h); qd_job_device_run_opts() points a
+ * qd_run_opts at it, and qd_job_quantize() then runs the forward passes through the table,
+ * GPTQ per linear with the CUDA GPTQ, AWQ's clip search and single-linear scale-search loss
+ * with the CUDA searches, and RTN / FP8 with the CUDA kernels (integer codes identical to the
+ * CPU's). "auto": cuda:0 when the build has CUDA and a device answers, else cpu. A device
+ * belongs to one thread at a time. */
+typedef struct qd_job_device {
+    qd_backend_kind kind;    /* QD_BACKEND_CPU or QD_BACKEND_CUDA */
+    int index;               /* N of cuda:N; 0 for the CPU */
+    struct qd_cuda *cuda;    /* the context (CUDA), NULL for the CPU */
+    qd_kernels table;        /* the CUDA kernel table, bound to cuda */
+    char name[32];           /* "cpu", "cuda:0" */
+    char desc[160];          /* "cuda:0 (NVIDIA H100 80GB HBM3, 79 GiB)" */
+} qd_job_device;
+
+/* Parse "cpu", "cuda:N" or "auto": *ret_index is N, -1 for cpu, -2 for auto. Anything else is
+ * QD_ERR_INVALID_ARG naming the text. */
+qd_err qd_job_device_parse(const char *text, int *ret_index, qd_error *err);
+/* Open the device text names (qd_job_device_parse). "auto" never fails for want of a GPU: it
+ * opens the CPU and *ret_note (optional) says why (otherwise NULL). cuda:N fails with the
+ * runtime's reason: QD_ERR_UNAVAILABLE (no CUDA backend or device), QD_ERR_INVALID_ARG (N out
+ * of range), QD_ERR_DEVICE / QD_ERR_NOMEM. */
+qd_err qd_job_device_open(const char *text, qd_job_device *ret, const char **ret_note,
+                          qd_error *err);
+/* Close it (the CUDA context and everything it held). Accepts a zeroed struct. */
+void qd_job_device_close(qd_job_device *d);
+/* Whether an earlier error left the device unusable; qd_job_device_reopen then closes and
+ * opens the same device again (QD_OK and nothing done for a usable device or the CPU). */
+bool qd_job_device_broken(const qd_job_device *d);
+qd_err qd_job_device_reopen(qd_job_device *d, qd_error *err);
+/* o->kernels = the device's table (NULL for the CPU). */
+void qd_job_device_run_opts(const qd_job_device *d, qd_run_opts *o);
+
 #endif /* QD_JOB_H */

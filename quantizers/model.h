@@ -1,6 +1,7 @@
 /*
  * model.h - the Llama-family model runtime: open a Hugging Face model directory, materialise
- * one decoder layer's weights in fp32, and run the forward pass on CPU.
+ * one decoder layer's weights in fp32, and run the forward pass on the CPU (or through a kernel
+ * table, kernels/backend.h, e.g. CUDA's).
  *
  * Usage
  *   qd_model *m;
@@ -38,6 +39,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+#include "backend.h"
 #include "error.h"
 #include "hf_config.h"
 #include "safetensors.h"
@@ -88,6 +90,11 @@ typedef qd_err (*qd_weights_hook)(void *ctx, qd_layer_weights *w, qd_error *err)
 /* How to run. Zero-initialise for the defaults (cpu kernels, qd_cpu_threads() threads). */
 typedef struct qd_run_opts {
     bool use_ref;               /* the reference kernels (slow; triage and tests) */
+    /* Optional kernel table (kernels/backend.h), e.g. the CUDA one: matmul, attention,
+     * rmsnorm, rope, silu_mul and X^T X go through it (a NULL entry: the cpu kernel), and the
+     * quantizers run their per-linear steps on its device (job.h). NULL: today's kernels,
+     * cpu or, with use_ref, ref. A failing entry (a device error) fails the run. */
+    const qd_kernels *kernels;
     qd_weights_hook on_weights; /* optional, see above */
     void *hook_ctx;
     /* Optional progress callback, called after each layer of a batch (layer = n_layers for
@@ -157,9 +164,14 @@ void qd_layer_weights_done(qd_layer_weights *w); /* frees; accepts a zeroed stru
 qd_err qd_model_embed(const qd_model *m, const int32_t *tokens, int64_t n_tok, float *x,
                       qd_error *err);
 
-/* One linear: y [n_tok, n_out] = x [n_tok, n_in] W^T + b. */
+/* One linear: y [n_tok, n_out] = x [n_tok, n_in] W^T + b. With a kernel table whose matmul
+ * fails (o->kernels, a device error) this falls back to the cpu kernel; code that must see
+ * the failure calls qd_linear_forward_ex. */
 void qd_linear_forward(const qd_layer_weights *w, qd_linear_kind k, const float *x,
                        int64_t n_tok, float *y, const qd_run_opts *o);
+/* The same, returning the kernel table's error. */
+qd_err qd_linear_forward_ex(const qd_layer_weights *w, qd_linear_kind k, const float *x,
+                            int64_t n_tok, float *y, const qd_run_opts *o, qd_error *err);
 
 /* The attention block on its normalised input: y [T, hidden] = o_proj(attn(q, k, v)) where
  * q/k/v = proj(xn), xn [T, hidden] = input_layernorm(x). No residual. When attn_out is not
@@ -174,9 +186,13 @@ qd_err qd_block_attention(const qd_model *m, const qd_layer_weights *w, const fl
 qd_err qd_block_mlp(const qd_model *m, const qd_layer_weights *w, const float *xn,
                     int64_t n_tok, float *y, float *act, const qd_run_opts *o, qd_error *err);
 
-/* RMSNorm with the model's eps: y [n_tok, hidden] = rmsnorm(x) * weight ([hidden]). */
+/* RMSNorm with the model's eps: y [n_tok, hidden] = rmsnorm(x) * weight ([hidden]). A failing
+ * kernel-table entry falls back to the cpu kernel, as qd_linear_forward. */
 void qd_model_rmsnorm(const qd_model *m, const float *x, const float *weight, int64_t n_tok,
                       float *y, const qd_run_opts *o);
+/* The same, returning the kernel table's error. */
+qd_err qd_model_rmsnorm_ex(const qd_model *m, const float *x, const float *weight,
+                           int64_t n_tok, float *y, const qd_run_opts *o, qd_error *err);
 
 /* A whole decoder layer: x_out = h + mlp(norm(h)), h = x_in + attn(norm(x_in)).
  * x_in, x_out [T, hidden]; x_out may equal x_in. */
