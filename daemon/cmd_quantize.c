@@ -309,8 +309,12 @@ int qd_cmd_quantize(int argc, char **argv) {
         goto fail;
     have_res = true;
 
-    printf("\nper-layer relative output error on the calibration inputs (||y_q - y||^2 / "
-           "||y||^2):\n");
+    if (calib)
+        printf("\nper-layer relative output error on the calibration inputs (||y_q - y||^2 / "
+               "||y||^2):\n");
+    else
+        printf("\nper-layer relative weight error, no calibration inputs (||W_q - W||^2 / "
+               "||W||^2):\n");
     bool any = false;
     for (int l = 0; l < res.n_layers; l++) {
         const double *e = res.rel_err + (size_t)l * QD_CALIB_GROUP_COUNT;

@@ -307,15 +307,44 @@ static qd_err layer_end_progress(void *ctx, qd_layer_weights *w, const float *x_
     return check_cancel(j, err);
 }
 
-/* RTN / dynamic FP8: layer by layer, no forward pass. */
+/* RTN / dynamic FP8: layer by layer, no forward pass. With no calibration inputs a group's
+ * error is its weights' own (X = I in quantd.proto's LayerDone): ||W_q - W||^2 / ||W||^2 over
+ * the group's quantized linears, summed in double; a group with none stays unmeasured. */
 static qd_err run_weights_only(struct job *j, qd_error *err) {
     for (int l = 0; l < j->r->n_layers; l++) {
         qd_layer_weights w = {0};
         qd_err rc = qd_layer_weights_load(j->m, l, &w, err);
-        for (int k = 0; rc == QD_OK && k < QD_LINEAR_COUNT; k++)
-            rc = excluded(j, l, (qd_linear_kind)k) ? keep_float(j, &w, (qd_linear_kind)k, err)
-                                                   : quantize_linear_rtn(j, &w,
-                                                                         (qd_linear_kind)k, err);
+        for (int g = 0; rc == QD_OK && g < QD_CALIB_GROUP_COUNT; g++) {
+            qd_linear_kind kinds[3];
+            int nk = qd_calib_group_linears((qd_calib_group)g, kinds);
+            double num = 0.0, den = 0.0;
+            bool measured = false;
+            for (int i = 0; rc == QD_OK && i < nk; i++) {
+                qd_linear_kind k = kinds[i];
+                if (excluded(j, l, k)) {
+                    rc = keep_float(j, &w, k, err);
+                    continue;
+                }
+                size_t len = (size_t)w.n_out[k] * (size_t)w.n_in[k];
+                float *orig = malloc(len * sizeof *orig);
+                if (!orig) {
+                    rc = qd_error_set(err, QD_ERR_NOMEM, "%s: out of memory",
+                                      qd_linear_name(k));
+                    break;
+                }
+                memcpy(orig, w.w[k], len * sizeof *orig);
+                rc = quantize_linear_rtn(j, &w, k, err);
+                for (size_t e = 0; rc == QD_OK && e < len; e++) {
+                    double d = (double)w.w[k][e] - (double)orig[e];
+                    num += d * d;
+                    den += (double)orig[e] * (double)orig[e];
+                }
+                free(orig);
+                measured = true;
+            }
+            if (rc == QD_OK && measured) set_group_error(j, l, (qd_calib_group)g,
+                                                         den > 0.0 ? num / den : 0.0);
+        }
         qd_layer_weights_done(&w);
         if (rc != QD_OK) {
             qd_error_prefix(err, "layer %d: ", l);

@@ -72,6 +72,41 @@ QD_TEST(rtn_reproduces_reference_table) {
     }
 }
 
+/* RTN has no calibration inputs: each group reports its weights' own error, which must equal
+ * ||W_q - W||^2 / ||W||^2 recomputed here from the stored codes and the source weights. */
+QD_TEST(rtn_reports_weight_error) {
+    qd_spec s;
+    qd_error err = {0};
+    QD_REQUIRE(make_spec(&s, QD_SPEC_METHOD_RTN, QD_SPEC_FORMAT_NONE, 4, 32, false, &err) ==
+               QD_OK);
+    qd_job_result r = {0};
+    QD_REQUIRE(qd_job_quantize(model, &s, NULL, 0, 0, NULL, NULL, &r, &err) == QD_OK);
+    for (int i = 0; i < r.n_layers * QD_CALIB_GROUP_COUNT; i++)
+        QD_CHECK_MSG(r.rel_err[i] > 0 && r.rel_err[i] < 0.1, "group %d error %g", i,
+                     r.rel_err[i]);
+    const int layer = 1;
+    qd_layer_weights w = {0};
+    QD_REQUIRE(qd_layer_weights_load(model, layer, &w, &err) == QD_OK);
+    const qd_qlinear *q = &r.q[layer * QD_LINEAR_COUNT + QD_LINEAR_DOWN];
+    size_t len = (size_t)q->n * (size_t)q->k;
+    float *deq = malloc(len * sizeof *deq);
+    QD_REQUIRE(deq);
+    qd_qlinear_dequant(q, deq);
+    double num = 0, den = 0;
+    for (size_t e = 0; e < len; e++) {
+        double o = w.w[QD_LINEAR_DOWN][e], d = (double)deq[e] - o;
+        num += d * d;
+        den += o * o;
+    }
+    double got = r.rel_err[layer * QD_CALIB_GROUP_COUNT + QD_CALIB_DOWN];
+    QD_CHECK_MSG(fabs(got - num / den) <= 1e-12 + 1e-9 * (num / den), "down error %.12g vs %.12g",
+                 got, num / den);
+    free(deq);
+    qd_layer_weights_done(&w);
+    qd_job_result_free(&r);
+    qd_spec_free(&s);
+}
+
 QD_TEST(gptq_reports_every_group) {
     qd_spec s;
     qd_error err = {0};
