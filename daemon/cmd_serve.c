@@ -206,6 +206,15 @@ static qd_err load_config(const struct serve_args *a, qd_config *out, qd_error *
     return QD_OK;
 }
 
+/* See the signal set-up in qd_cmd_serve: runs only in a thread that did not inherit the
+ * blocked mask. pthread_kill is async-signal-safe; errno is preserved for that thread. */
+static pthread_t main_thread;
+static void forward_to_main(int sig) {
+    int saved = errno;
+    pthread_kill(main_thread, sig);
+    errno = saved;
+}
+
 /* sd_notify(3) when systemd asked for it; a failure is logged, never fatal. */
 static void notify(const char *state) {
     qd_error err = {0};
@@ -301,13 +310,26 @@ int qd_cmd_serve(int argc, char **argv) {
         return 0;
     }
 
-    /* Before any thread exists: every thread inherits the mask, only sigwait() sees them. */
+    /* Before any thread of ours exists: every thread inherits the mask, only sigwait() sees
+     * them. One kind of thread predates main(): a threaded BLAS may start its pool from a
+     * library constructor, with these signals unblocked, and the kernel may pick such a
+     * thread for a process-directed signal. The handler covers that case: it forwards the
+     * signal to the main thread, where it stays pending for sigwait(), instead of letting the
+     * default action end the process. */
+    main_thread = pthread_self();
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = forward_to_main;
+    sigemptyset(&sa.sa_mask);
     sigset_t sigs;
     sigemptyset(&sigs);
     sigaddset(&sigs, SIGINT);
     sigaddset(&sigs, SIGTERM);
     sigaddset(&sigs, SIGHUP);
     pthread_sigmask(SIG_BLOCK, &sigs, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGHUP, &sa, NULL);
     signal(SIGPIPE, SIG_IGN); /* a client gone mid-write is an error return, not a death */
 
     qd_error err = {0};
