@@ -37,7 +37,7 @@ static void usage(void) {
 int main(int argc, char **argv) {
     const char *out = NULL;
     long long rows = 0, len = 0, vocab = 0, seed = 1;
-    for (int i = 1; i < argc; i++) {
+    for (int i = 1; i < argc; i += 2) { /* every option takes one value */
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         bool ok = v != NULL;
         if (ok && strcmp(a, "-o") == 0) out = v;
@@ -50,7 +50,6 @@ int main(int argc, char **argv) {
             usage();
             return 2;
         }
-        i++;
     }
     if (!out || rows == 0 || len == 0 || vocab == 0 || rows * len > (1LL << 28)) {
         usage();
