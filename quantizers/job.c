@@ -319,28 +319,23 @@ static qd_err run_weights_only(struct job *j, qd_error *err) {
             int nk = qd_calib_group_linears((qd_calib_group)g, kinds);
             double num = 0.0, den = 0.0;
             bool measured = false;
+            rc = save_orig(j, &w, kinds, nk, err);
+            const float *orig = j->orig;
             for (int i = 0; rc == QD_OK && i < nk; i++) {
                 qd_linear_kind k = kinds[i];
+                size_t len = (size_t)w.n_out[k] * (size_t)w.n_in[k];
                 if (excluded(j, l, k)) {
                     rc = keep_float(j, &w, k, err);
-                    continue;
+                } else {
+                    rc = quantize_linear_rtn(j, &w, k, err);
+                    for (size_t e = 0; rc == QD_OK && e < len; e++) {
+                        double d = (double)w.w[k][e] - (double)orig[e];
+                        num += d * d;
+                        den += (double)orig[e] * (double)orig[e];
+                    }
+                    measured = true;
                 }
-                size_t len = (size_t)w.n_out[k] * (size_t)w.n_in[k];
-                float *orig = malloc(len * sizeof *orig);
-                if (!orig) {
-                    rc = qd_error_set(err, QD_ERR_NOMEM, "%s: out of memory",
-                                      qd_linear_name(k));
-                    break;
-                }
-                memcpy(orig, w.w[k], len * sizeof *orig);
-                rc = quantize_linear_rtn(j, &w, k, err);
-                for (size_t e = 0; rc == QD_OK && e < len; e++) {
-                    double d = (double)w.w[k][e] - (double)orig[e];
-                    num += d * d;
-                    den += (double)orig[e] * (double)orig[e];
-                }
-                free(orig);
-                measured = true;
+                orig += len;
             }
             if (rc == QD_OK && measured) set_group_error(j, l, (qd_calib_group)g,
                                                          den > 0.0 ? num / den : 0.0);

@@ -585,23 +585,22 @@ void qd_store_files_free(struct qd_store_file *files, size_t n_files) {
     free(files);
 }
 
-qd_err qd_store_model_files(struct qd_store *s, const char *digest,
-                            struct qd_store_file **ret_files, size_t *ret_n, qd_error *err) {
-    if (!is_hex64(digest))
-        return qd_error_set(err, QD_ERR_INVALID_ARG, "model digest '%.80s' is not 64 "
-                            "lowercase hex chars", digest ? digest : "(null)");
+/* The (name, size, sha256) rows `sql` selects for key (?1), in its order: a model's manifest or
+ * an artifact's file list; what names the owner in messages. No rows is *ret_n == 0. */
+static qd_err read_file_list(struct qd_store *s, const char *sql, const char *key,
+                             const char *what, struct qd_store_file **ret_files, size_t *ret_n,
+                             qd_error *err) {
     sqlite3_stmt *st;
-    qd_err rc = prepare(s, "SELECT name, size, sha256 FROM model_files WHERE model_digest = ?1 "
-                           "ORDER BY idx", &st, err);
+    qd_err rc = prepare(s, sql, &st, err);
     if (rc != QD_OK) return rc;
-    sqlite3_bind_text(st, 1, digest, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 1, key, -1, SQLITE_STATIC);
     struct qd_store_file *files = NULL;
     size_t n = 0;
     int r;
     while ((r = sqlite3_step(st)) == SQLITE_ROW) {
-        void *p = realloc(files, (n + 1) * sizeof *files);
-        if (!p) break;
-        files = p;
+        void *np = realloc(files, (n + 1) * sizeof *files);
+        if (!np) break;
+        files = np;
         memset(&files[n], 0, sizeof files[n]);
         const char *name = (const char *)sqlite3_column_text(st, 0);
         files[n].name = strdup(name ? name : "");
@@ -609,13 +608,32 @@ qd_err qd_store_model_files(struct qd_store *s, const char *digest,
         copy_str(files[n].sha256, sizeof files[n].sha256, sqlite3_column_text(st, 2));
         if (!files[n++].name) break;
     }
-    if (r == SQLITE_ROW) rc = qd_error_set(err, QD_ERR_NOMEM, "model %s: out of memory", digest);
-    else if (r != SQLITE_DONE) rc = db_error(s, "list model files", err);
-    else if (n == 0) rc = qd_error_set(err, QD_ERR_NOT_FOUND, "model %s: not registered", digest);
+    if (r == SQLITE_ROW) rc = qd_error_set(err, QD_ERR_NOMEM, "%s %s: out of memory", what, key);
+    else if (r != SQLITE_DONE) rc = db_error(s, "list files", err);
     sqlite3_finalize(st);
     if (rc != QD_OK) {
         qd_store_files_free(files, n);
         return rc;
+    }
+    *ret_files = files;
+    *ret_n = n;
+    return QD_OK;
+}
+
+qd_err qd_store_model_files(struct qd_store *s, const char *digest,
+                            struct qd_store_file **ret_files, size_t *ret_n, qd_error *err) {
+    if (!is_hex64(digest))
+        return qd_error_set(err, QD_ERR_INVALID_ARG, "model digest '%.80s' is not 64 "
+                            "lowercase hex chars", digest ? digest : "(null)");
+    struct qd_store_file *files = NULL;
+    size_t n = 0;
+    qd_err rc = read_file_list(s, "SELECT name, size, sha256 FROM model_files WHERE "
+                                  "model_digest = ?1 ORDER BY idx", digest, "model", &files, &n,
+                               err);
+    if (rc != QD_OK) return rc;
+    if (n == 0) {
+        free(files);
+        return qd_error_set(err, QD_ERR_NOT_FOUND, "model %s: not registered", digest);
     }
     *ret_files = files;
     *ret_n = n;
@@ -927,46 +945,15 @@ done:
     return rc;
 }
 
-static qd_err read_files(struct qd_store *s, const char *id, struct qd_store_file **ret_files,
-                         size_t *ret_n, qd_error *err) {
-    sqlite3_stmt *st;
-    qd_err rc = prepare(s, "SELECT name, size, sha256 FROM artifact_files WHERE artifact_id = ?1 "
-                           "ORDER BY idx", &st, err);
-    if (rc != QD_OK) return rc;
-    sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-    struct qd_store_file *files = NULL;
-    size_t n = 0;
-    int r;
-    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
-        void *np = realloc(files, (n + 1) * sizeof *files);
-        if (!np) break;
-        files = np;
-        memset(&files[n], 0, sizeof files[n]);
-        const char *name = (const char *)sqlite3_column_text(st, 0);
-        files[n].name = strdup(name ? name : "");
-        files[n].size = (uint64_t)sqlite3_column_int64(st, 1);
-        copy_str(files[n].sha256, sizeof files[n].sha256, sqlite3_column_text(st, 2));
-        if (!files[n++].name) break;
-    }
-    if (r == SQLITE_ROW) rc = qd_error_set(err, QD_ERR_NOMEM, "artifact %s: out of memory", id);
-    else if (r != SQLITE_DONE) rc = db_error(s, "list artifact files", err);
-    sqlite3_finalize(st);
-    if (rc != QD_OK) {
-        qd_store_files_free(files, n);
-        return rc;
-    }
-    *ret_files = files;
-    *ret_n = n;
-    return QD_OK;
-}
-
 qd_err qd_store_artifact_files(struct qd_store *s, const char *id,
                                struct qd_store_file **ret_files, size_t *ret_n, qd_error *err) {
     struct qd_store_artifact a;
     qd_err rc = qd_store_artifact_get(s, id, &a, err);
     struct qd_store_file *files = NULL;
     size_t n = 0;
-    if (rc == QD_OK) rc = read_files(s, id, &files, &n, err);
+    if (rc == QD_OK)
+        rc = read_file_list(s, "SELECT name, size, sha256 FROM artifact_files WHERE "
+                            "artifact_id = ?1 ORDER BY idx", id, "artifact", &files, &n, err);
     if (rc != QD_OK) return rc;
     if (n == 0) {
         /* Published under schema 1: hash it now, once. */
