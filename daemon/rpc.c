@@ -1821,6 +1821,7 @@ static void get_next(struct qd_call *call, struct get_state *st) {
         r.msg_case = QUANTD__V1__GET_ARTIFACT_RESPONSE__MSG_CHUNK;
         r.chunk = &c;
         qd_call_send(call, &r.base);
+        qd_service_count_bytes_out(((struct qd_rpc *)qd_call_app(call))->svc, got);
         st->offset += got;
         st->sent += got;
         return;

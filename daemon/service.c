@@ -168,6 +168,7 @@ struct qd_service {
     struct worker_arg {
         struct qd_service *svc;
         int cuda_index;
+        int index; /* in stats.worker_* */
     } *worker_args;
 
     struct job **jobs; /* creation order */
@@ -185,7 +186,12 @@ struct qd_service {
     size_t n_pending, cap_pending;
     pthread_mutex_t sub_mu;
     struct qd_subscription *subs;
+
+    qd_service_stats stats; /* the counters (under mu); the "now" fields are filled on read */
 };
+
+const double qd_service_duration_bounds[QD_SERVICE_DURATION_BUCKETS - 1] = {
+    1, 5, 15, 60, 300, 900, 3600, 14400};
 
 struct qd_upload {
     struct qd_service *svc;
@@ -440,6 +446,21 @@ static void trim_finished(struct qd_service *svc) {
     }
 }
 
+/* The counters of a job that ended (mu held): by state and, for one that ran, its duration. */
+static void count_finished(struct qd_service *svc, const struct job *j) {
+    qd_service_stats *st = &svc->stats;
+    st->jobs_finished[j->state == QD_JOB_SUCCEEDED ? 0 : j->state == QD_JOB_FAILED ? 1 : 2]++;
+    int m = (int)j->spec.method;
+    if (!j->started_ms || m <= 0 || m >= QD_SPEC_METHOD_COUNT) return;
+    double secs = (double)(j->finished_ms - j->started_ms) / 1000.0;
+    if (secs < 0) secs = 0;
+    for (int b = 0; b < QD_SERVICE_DURATION_BUCKETS; b++)
+        if (b == QD_SERVICE_DURATION_BUCKETS - 1 || secs <= qd_service_duration_bounds[b])
+            st->duration_buckets[m][b]++;
+    st->duration_sum[m] += secs;
+    st->duration_count[m]++;
+}
+
 /* j reached a terminal state (mu held): the row, then memory, then the DONE event. */
 static void finish_job(struct qd_service *svc, struct job *j, qd_job_state state,
                        const char *code, const char *message, const char *artifact_id) {
@@ -465,6 +486,7 @@ static void finish_job(struct qd_service *svc, struct job *j, qd_job_state state
         j->progress.eta_unix_ms = 0;
     }
     j->finish_order = ++svc->finish_counter;
+    count_finished(svc, j);
     emit_done(svc, j);
     update_queue_events(svc);
     trim_finished(svc);
@@ -965,6 +987,11 @@ qd_err qd_service_upload_chunk(struct qd_upload *up, int64_t file_index, const c
                           f->name, offset, held, held);
     if (rc == QD_OK)
         rc = qd_store_blob_append(svc->store, f->sha256, f->size, offset, data, len, &held, err);
+    if (rc == QD_OK) {
+        lock(svc);
+        svc->stats.bytes_in += len;
+        unlock(svc);
+    }
     if (rc == QD_OK && held == f->size) {
         rc = qd_store_blob_finish(svc->store, f->sha256, f->size, err);
         if (rc == QD_ERR_CORRUPT) {
@@ -1437,6 +1464,7 @@ static qd_err cache_or_join(struct qd_service *svc, const struct qd_store_key *k
         }
         if (ret_art) *ret_art = e;
         *ret_outcome = QD_QUANTIZE_CACHE_HIT;
+        svc->stats.cache_hits++;
         *answered = true;
         return QD_OK;
     }
@@ -1448,6 +1476,7 @@ static qd_err cache_or_join(struct qd_service *svc, const struct qd_store_key *k
             if (rc != QD_OK) return rc;
         }
         *ret_outcome = QD_QUANTIZE_JOINED;
+        svc->stats.cache_joins++;
         *answered = true;
     }
     return QD_OK;
@@ -1578,6 +1607,7 @@ qd_err qd_service_quantize(struct qd_service *svc, const qd_quantize_request *re
                 pthread_cond_signal(&svc->work_cv);
                 if (ret_job) rc = snapshot_mem(svc, j, ret_job, err);
                 *ret_outcome = QD_QUANTIZE_QUEUED;
+                svc->stats.cache_misses++;
             }
         }
         unlock(svc);
@@ -1866,6 +1896,7 @@ static void *worker_main(void *arg) {
             copy_text(j->error_code, sizeof j->error_code, qd_err_name(serr.code));
             copy_text(j->error_message, sizeof j->error_message, serr.msg);
             j->finish_order = ++svc->finish_counter;
+            count_finished(svc, j);
             emit_done(svc, j);
             update_queue_events(svc);
             continue;
@@ -1885,12 +1916,15 @@ static void *worker_main(void *arg) {
         char artifact_id[QD_STORE_ID_LEN + 1] = "";
         qd_error jerr = {0};
         qd_err rc;
+        int64_t busy_from = qd_service_now_mono_ms();
         if (wa->cuda_index >= 0 && (dev_rc = worker_device(&dev, wa->cuda_index, &derr)))
             rc = qd_error_set(&jerr, dev_rc, "%s: %s", dev.name, qd_error_text(&derr));
         else
             rc = run_job(svc, j, &dev, artifact_id, &jerr);
 
         lock(svc);
+        svc->stats.worker_busy_s[wa->index] +=
+            (double)(qd_service_now_mono_ms() - busy_from) / 1000.0;
         int why = atomic_load(&j->cancel);
         if (rc == QD_OK) {
             finish_job(svc, j, QD_JOB_SUCCEEDED, "", "", artifact_id);
@@ -2163,6 +2197,31 @@ qd_err qd_service_info_get(struct qd_service *svc, qd_service_info *ret, qd_erro
     return rc;
 }
 
+void qd_service_stats_get(struct qd_service *svc, qd_service_stats *ret) {
+    uint64_t cache_bytes = 0, blob_bytes = 0;
+    struct qd_store_artifact *arts = NULL;
+    size_t n_arts = 0;
+    qd_error e = {0};
+    lock(svc);
+    *ret = svc->stats;
+    ret->n_jobs_queued = (int)n_in_state(svc, QD_JOB_QUEUED);
+    ret->n_jobs_running = (int)n_in_state(svc, QD_JOB_RUNNING);
+    (void)qd_store_artifact_total(svc->store, &cache_bytes, &e);
+    (void)qd_store_artifact_list(svc->store, &arts, &n_arts, &e);
+    unlock(svc);
+    free(arts);
+    (void)qd_store_blob_total(svc->store, &blob_bytes, &e);
+    ret->n_artifacts = (int)n_arts;
+    ret->cache_bytes = cache_bytes;
+    ret->blob_bytes = blob_bytes;
+}
+
+void qd_service_count_bytes_out(struct qd_service *svc, uint64_t n) {
+    lock(svc);
+    svc->stats.bytes_out += n;
+    unlock(svc);
+}
+
 /* ---- lifecycle ----------------------------------------------------------------------------- */
 
 /* The devices line of the info and the workers: workers.cpu CPU workers and, for `auto`,
@@ -2211,6 +2270,14 @@ static int plan_devices(struct qd_service *svc, const qd_config *cfg) {
     for (int i = 0; i < n_cpu + n_gpus; i++) {
         svc->worker_args[i].svc = svc;
         svc->worker_args[i].cuda_index = i < n_cpu ? -1 : found[gpus[i - n_cpu]].index;
+        /* the counters keep 16 workers; more share the last slot */
+        int k = i < 15 ? i : 15;
+        svc->worker_args[i].index = k;
+        if (i < n_cpu) snprintf(svc->stats.worker_name[k], sizeof svc->stats.worker_name[k],
+                                i < 15 ? "cpu%d" : "cpu%d+", i);
+        else snprintf(svc->stats.worker_name[k], sizeof svc->stats.worker_name[k], "cuda:%d",
+                      svc->worker_args[i].cuda_index);
+        svc->stats.n_workers = k + 1;
     }
     return n_cpu + n_gpus;
 }

@@ -280,6 +280,39 @@ struct qd_subscription *qd_service_subscribe(struct qd_service *svc, const char 
 /* After it returns, fn is not running and will not be called again. Accepts NULL. */
 void qd_service_unsubscribe(struct qd_service *svc, struct qd_subscription *sub);
 
+/* ---- counters (for the metrics endpoint) ---------------------------------------------------- */
+
+/* Upper bounds, in seconds, of the job duration histogram's buckets (the last is +Inf). */
+#define QD_SERVICE_DURATION_BUCKETS 9
+extern const double qd_service_duration_bounds[QD_SERVICE_DURATION_BUCKETS - 1];
+
+typedef struct qd_service_stats {
+    /* now */
+    int n_jobs_queued, n_jobs_running;
+    int n_artifacts;
+    uint64_t cache_bytes, blob_bytes;
+    /* since the daemon started */
+    uint64_t jobs_finished[3];              /* succeeded, failed, cancelled */
+    uint64_t cache_hits;                    /* Quantize answered from the cache */
+    uint64_t cache_misses;                  /* Quantize that queued a new job */
+    uint64_t cache_joins;                   /* Quantize that joined a live job */
+    uint64_t bytes_in;                      /* upload chunk bytes written */
+    uint64_t bytes_out;                     /* artifact bytes sent (qd_service_count_bytes_out) */
+    /* jobs that ran (not cache hits), by method: duration histogram of started..finished */
+    uint64_t duration_buckets[QD_SPEC_METHOD_COUNT][QD_SERVICE_DURATION_BUCKETS]; /* cumulative */
+    double duration_sum[QD_SPEC_METHOD_COUNT];
+    uint64_t duration_count[QD_SPEC_METHOD_COUNT];
+    /* per worker: its name ("cpu0", "cuda:0") and seconds spent running jobs */
+    int n_workers;
+    char worker_name[16][16];
+    double worker_busy_s[16];
+} qd_service_stats;
+
+/* A consistent copy of the counters. */
+void qd_service_stats_get(struct qd_service *svc, qd_service_stats *ret);
+/* Artifact bytes sent to a client (counted by the transport that sends them). */
+void qd_service_count_bytes_out(struct qd_service *svc, uint64_t n);
+
 /* ---- artifacts ------------------------------------------------------------------------------- */
 
 qd_err qd_service_artifact_get(struct qd_service *svc, const char *id, qd_artifact_entry *ret,
