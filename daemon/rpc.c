@@ -34,6 +34,13 @@
  * sha256 and compared with every configured hash in constant time (no early exit, so the
  * time taken says nothing about which entry or how many bytes matched). The token set is
  * swapped whole under a mutex on reload.
+ *
+ * Owners. The guard also names the caller (struct ident, handed to the step at START only):
+ * the matching entry's NAME, else "token:" and the first 12 hex digits of its sha256, and
+ * whether it sees everything (the admin role, or authentication off, whose owner is "").
+ * A step that goes on past START (PutModel, WatchJob, GetArtifact) copies it into its state;
+ * every service call gets it as a qd_caller, and the service decides what the caller may see
+ * (service.h, "Owners"; proto/README.md lists the rule of each RPC).
  */
 #include "rpc.h"
 
@@ -106,6 +113,18 @@ struct qd_rpc_auth {
     qd_config_token *tokens;
     size_t n, cap;
 };
+
+/* Who makes a call, as the guard found it. */
+struct ident {
+    char owner[sizeof ((qd_config_token *)0)->name + 8]; /* a NAME, or "token:" + 12 hex */
+    bool all;                                           /* admin, or auth off */
+};
+
+/* The service's view of an ident (borrows its owner). */
+static qd_caller caller_of(const struct ident *id) {
+    qd_caller c = {.owner = id ? id->owner : "", .all = id ? id->all : false};
+    return c;
+}
 
 /* ---- the response arena ---------------------------------------------------------------------- */
 
@@ -726,18 +745,20 @@ static qd_err manifest_from_pb(const char *field, const Quantd__V1__Manifest *mf
 
 /* ---- unary methods --------------------------------------------------------------------------- */
 
-typedef qd_err (*unary_fn)(struct qd_rpc *rpc, const ProtobufCMessage *req, struct arena *a,
-                           ProtobufCMessage **ret, qd_error *err);
+typedef qd_err (*unary_fn)(struct qd_rpc *rpc, const qd_caller *who,
+                           const ProtobufCMessage *req, struct arena *a, ProtobufCMessage **ret,
+                           qd_error *err);
 
 static void unary_step(struct qd_call *call, qd_call_event ev, const uint8_t *msg, size_t len,
-                       const ProtobufCMessageDescriptor *d, unary_fn fn) {
+                       const struct ident *id, const ProtobufCMessageDescriptor *d, unary_fn fn) {
     (void)ev; /* unary methods only ever see START */
     ProtobufCMessage *req = unpack_or_finish(call, d, msg, len);
     if (!req) return;
     struct arena a = {0};
     ProtobufCMessage *resp = NULL;
     qd_error err = {0};
-    qd_err rc = fn(qd_call_app(call), req, &a, &resp, &err);
+    qd_caller who = caller_of(id);
+    qd_err rc = fn(qd_call_app(call), &who, req, &a, &resp, &err);
     if (rc == QD_OK && (a.failed || !resp))
         rc = qd_error_set(&err, QD_ERR_NOMEM, "out of memory building the response");
     if (rc == QD_OK)
@@ -750,27 +771,27 @@ static void unary_step(struct qd_call *call, qd_call_event ev, const uint8_t *ms
 
 #define UNARY_STEP(fn, desc)                                                                 \
     static void fn##_step(struct qd_call *call, qd_call_event ev, const uint8_t *msg,        \
-                          size_t len) {                                                      \
-        unary_step(call, ev, msg, len, &(desc), fn);                                         \
+                          size_t len, const struct ident *id) {                              \
+        unary_step(call, ev, msg, len, id, &(desc), fn);                                     \
     }
 
 /* StatModel */
-static qd_err stat_model(struct qd_rpc *rpc, const ProtobufCMessage *m, struct arena *a,
-                         ProtobufCMessage **ret, qd_error *err) {
+static qd_err stat_model(struct qd_rpc *rpc, const qd_caller *who, const ProtobufCMessage *m,
+                         struct arena *a, ProtobufCMessage **ret, qd_error *err) {
     const Quantd__V1__StatModelRequest *req = (const void *)m;
     qd_bundle_status st = {0};
     qd_err rc;
     switch (req->key_case) {
     case QUANTD__V1__STAT_MODEL_REQUEST__KEY_DIGEST:
         if ((rc = check_digest_field("digest", req->digest, err)) != QD_OK) return rc;
-        rc = qd_service_bundle_stat(rpc->svc, req->digest, NULL, 0, &st, err);
+        rc = qd_service_bundle_stat(rpc->svc, who, req->digest, NULL, 0, &st, err);
         break;
     case QUANTD__V1__STAT_MODEL_REQUEST__KEY_MANIFEST: {
         struct qd_store_file *files;
         size_t n;
         if ((rc = manifest_from_pb("manifest", req->manifest, &files, &n, err)) != QD_OK)
             return rc;
-        rc = qd_service_bundle_stat(rpc->svc, NULL, files, n, &st, err);
+        rc = qd_service_bundle_stat(rpc->svc, who, NULL, files, n, &st, err);
         free(files);
         break;
     }
@@ -797,8 +818,8 @@ static const char *outcome_word(qd_quantize_outcome o) {
 }
 
 /* Quantize */
-static qd_err quantize(struct qd_rpc *rpc, const ProtobufCMessage *m, struct arena *a,
-                       ProtobufCMessage **ret, qd_error *err) {
+static qd_err quantize(struct qd_rpc *rpc, const qd_caller *who, const ProtobufCMessage *m,
+                       struct arena *a, ProtobufCMessage **ret, qd_error *err) {
     const Quantd__V1__QuantizeRequest *req = (const void *)m;
     qd_quantize_request q = {0};
     qd_err rc;
@@ -860,6 +881,7 @@ static qd_err quantize(struct qd_rpc *rpc, const ProtobufCMessage *m, struct are
     }
     q.spec = &spec;
     q.label = label_len ? req->label : NULL;
+    q.caller = who;
 
     qd_quantize_outcome outcome = 0;
     qd_job_snapshot job = {0};
@@ -867,10 +889,10 @@ static qd_err quantize(struct qd_rpc *rpc, const ProtobufCMessage *m, struct are
     qd_spec_warnings warn = {0};
     rc = qd_service_quantize(rpc->svc, &q, &outcome, &job, &art, &warn, err);
     if (rc == QD_OK) {
-        qd_server_log(QD_CONFIG_LOG_INFO, "job %s: %s (model %.12s, %s into %s%s%s)", job.id,
+        qd_server_log(QD_CONFIG_LOG_INFO, "job %s: %s (model %.12s, %s into %s%s%s%s%s)", job.id,
                       outcome_word(outcome), job.model_digest, method_word(spec.method),
                       format_word(spec.format), job.label ? ", label " : "",
-                      job.label ? job.label : "");
+                      job.label ? job.label : "", who->owner[0] ? ", owner " : "", who->owner);
         for (size_t i = 0; i < warn.n && i < QD_SPEC_WARN_MAX; i++)
             qd_server_log(QD_CONFIG_LOG_INFO, "job %s: warning: %s", job.id, warn.msg[i]);
         Quantd__V1__QuantizeResponse *r =
@@ -890,13 +912,13 @@ static qd_err quantize(struct qd_rpc *rpc, const ProtobufCMessage *m, struct are
 UNARY_STEP(quantize, quantd__v1__quantize_request__descriptor)
 
 /* GetJob */
-static qd_err get_job(struct qd_rpc *rpc, const ProtobufCMessage *m, struct arena *a,
-                      ProtobufCMessage **ret, qd_error *err) {
+static qd_err get_job(struct qd_rpc *rpc, const qd_caller *who, const ProtobufCMessage *m,
+                      struct arena *a, ProtobufCMessage **ret, qd_error *err) {
     const Quantd__V1__GetJobRequest *req = (const void *)m;
     qd_err rc = check_id_field("job_id", req->job_id, err);
     if (rc != QD_OK) return rc;
     qd_job_snapshot job = {0};
-    if ((rc = qd_service_job_get(rpc->svc, req->job_id, &job, err)) != QD_OK) return rc;
+    if ((rc = qd_service_job_get(rpc->svc, who, req->job_id, &job, err)) != QD_OK) return rc;
     Quantd__V1__GetJobResponse *r =
         ANEW(a, Quantd__V1__GetJobResponse, quantd__v1__get_job_response__descriptor);
     if (r) r->job = job_to_pb(a, &job);
@@ -918,8 +940,8 @@ static size_t framed(const ProtobufCMessage *m) {
 }
 
 /* ListJobs */
-static qd_err list_jobs(struct qd_rpc *rpc, const ProtobufCMessage *m, struct arena *a,
-                        ProtobufCMessage **ret, qd_error *err) {
+static qd_err list_jobs(struct qd_rpc *rpc, const qd_caller *who, const ProtobufCMessage *m,
+                        struct arena *a, ProtobufCMessage **ret, qd_error *err) {
     const Quantd__V1__ListJobsRequest *req = (const void *)m;
     char q[QD_YAML_EXCERPT_BUF];
     qd_err rc;
@@ -951,7 +973,7 @@ static qd_err list_jobs(struct qd_rpc *rpc, const ProtobufCMessage *m, struct ar
     qd_job_snapshot *jobs = NULL;
     size_t n = 0;
     bool more = false;
-    rc = qd_service_job_list(rpc->svc, states, req->n_states,
+    rc = qd_service_job_list(rpc->svc, who, states, req->n_states,
                              req->model_digest[0] ? req->model_digest : NULL,
                              req->page_token[0] ? req->page_token : NULL, limit, &jobs, &n, &more,
                              err);
@@ -991,19 +1013,19 @@ static qd_err list_jobs(struct qd_rpc *rpc, const ProtobufCMessage *m, struct ar
 UNARY_STEP(list_jobs, quantd__v1__list_jobs_request__descriptor)
 
 /* CancelJob */
-static qd_err cancel_job(struct qd_rpc *rpc, const ProtobufCMessage *m, struct arena *a,
-                         ProtobufCMessage **ret, qd_error *err) {
+static qd_err cancel_job(struct qd_rpc *rpc, const qd_caller *who, const ProtobufCMessage *m,
+                         struct arena *a, ProtobufCMessage **ret, qd_error *err) {
     const Quantd__V1__CancelJobRequest *req = (const void *)m;
     qd_err rc = check_id_field("job_id", req->job_id, err);
     if (rc != QD_OK) return rc;
     qd_job_snapshot job = {0};
-    rc = qd_service_job_cancel(rpc->svc, req->job_id, &job, err);
+    rc = qd_service_job_cancel(rpc->svc, who, req->job_id, &job, err);
     if (rc == QD_ERR_PRECONDITION) {
         /* The proto answers a job already CANCELLED unchanged; only SUCCEEDED and FAILED
          * jobs are FAILED_PRECONDITION. */
         qd_job_snapshot now = {0};
         qd_error e2 = {0};
-        if (qd_service_job_get(rpc->svc, req->job_id, &now, &e2) == QD_OK &&
+        if (qd_service_job_get(rpc->svc, who, req->job_id, &now, &e2) == QD_OK &&
             now.state == QD_JOB_CANCELLED) {
             qd_error_clear(err);
             job = now;
@@ -1054,8 +1076,8 @@ static bool parse_token(const char *tok, int64_t *used, const char **id) {
     return true;
 }
 
-static qd_err list_artifacts(struct qd_rpc *rpc, const ProtobufCMessage *m, struct arena *a,
-                             ProtobufCMessage **ret, qd_error *err) {
+static qd_err list_artifacts(struct qd_rpc *rpc, const qd_caller *who, const ProtobufCMessage *m,
+                             struct arena *a, ProtobufCMessage **ret, qd_error *err) {
     const Quantd__V1__ListArtifactsRequest *req = (const void *)m;
     char q[QD_YAML_EXCERPT_BUF];
     qd_err rc;
@@ -1074,7 +1096,7 @@ static qd_err list_artifacts(struct qd_rpc *rpc, const ProtobufCMessage *m, stru
                             quote(req->page_token, q));
     qd_artifact_entry *all = NULL;
     size_t n = 0;
-    if ((rc = qd_service_artifact_list(rpc->svc, &all, &n, err)) != QD_OK) return rc;
+    if ((rc = qd_service_artifact_list(rpc->svc, who, &all, &n, err)) != QD_OK) return rc;
     const qd_artifact_entry **sel = calloc(n ? n : 1, sizeof *sel);
     size_t n_sel = 0;
     if (!sel) {
@@ -1125,12 +1147,13 @@ static qd_err list_artifacts(struct qd_rpc *rpc, const ProtobufCMessage *m, stru
 UNARY_STEP(list_artifacts, quantd__v1__list_artifacts_request__descriptor)
 
 /* DeleteArtifact */
-static qd_err delete_artifact(struct qd_rpc *rpc, const ProtobufCMessage *m, struct arena *a,
-                              ProtobufCMessage **ret, qd_error *err) {
+static qd_err delete_artifact(struct qd_rpc *rpc, const qd_caller *who, const ProtobufCMessage *m,
+                              struct arena *a, ProtobufCMessage **ret, qd_error *err) {
     const Quantd__V1__DeleteArtifactRequest *req = (const void *)m;
     qd_err rc = check_id_field("artifact_id", req->artifact_id, err);
     if (rc != QD_OK) return rc;
-    if ((rc = qd_service_artifact_delete(rpc->svc, req->artifact_id, err)) != QD_OK) return rc;
+    if ((rc = qd_service_artifact_delete(rpc->svc, who, req->artifact_id, err)) != QD_OK)
+        return rc;
     qd_server_log(QD_CONFIG_LOG_INFO, "artifact %s: deleted", req->artifact_id);
     *ret = anew(a, &quantd__v1__delete_artifact_response__descriptor);
     return QD_OK;
@@ -1143,9 +1166,10 @@ static uint64_t host_memory(void) {
     return pages > 0 && page > 0 ? (uint64_t)pages * (uint64_t)page : 0;
 }
 
-static qd_err get_server_info(struct qd_rpc *rpc, const ProtobufCMessage *m, struct arena *a,
-                              ProtobufCMessage **ret, qd_error *err) {
+static qd_err get_server_info(struct qd_rpc *rpc, const qd_caller *who, const ProtobufCMessage *m,
+                              struct arena *a, ProtobufCMessage **ret, qd_error *err) {
     (void)m;
+    (void)who; /* the server's facts are everyone's */
     qd_service_info info;
     memset(&info, 0, sizeof info);
     qd_err rc = qd_service_info_get(rpc->svc, &info, err);
@@ -1308,6 +1332,7 @@ static void health_watch_cleanup(struct qd_call *call) { free(qd_call_state(call
 /* ---- PutModel -------------------------------------------------------------------------------- */
 
 struct put_state {
+    struct ident id; /* the caller */
     struct qd_upload *up;
     Quantd__V1__PutModelRequest *header; /* kept: the manifest's names are borrowed */
     struct qd_store_file *files;
@@ -1343,7 +1368,8 @@ static qd_err put_header(struct qd_rpc *rpc, struct put_state *st,
     if ((rc = manifest_from_pb("header.manifest", h->manifest, &st->files, &st->n_files, err)) !=
         QD_OK)
         return rc;
-    rc = qd_service_upload_begin(rpc->svc, (qd_bundle_kind)h->kind, st->files, st->n_files,
+    qd_caller who = caller_of(&st->id);
+    rc = qd_service_upload_begin(rpc->svc, &who, (qd_bundle_kind)h->kind, st->files, st->n_files,
                                  h->expected_digest[0] ? h->expected_digest : NULL, &st->up, err);
     if (rc != QD_OK) {
         free(st->files);
@@ -1420,7 +1446,8 @@ static qd_err put_chunk(struct qd_rpc *rpc, struct put_state *st,
     return rc;
 }
 
-static void put_step(struct qd_call *call, qd_call_event ev, const uint8_t *msg, size_t len) {
+static void put_step(struct qd_call *call, qd_call_event ev, const uint8_t *msg, size_t len,
+                     const struct ident *id) {
     struct qd_rpc *rpc = qd_call_app(call);
     struct put_state *st = qd_call_state(call);
     qd_error err = {0};
@@ -1432,6 +1459,7 @@ static void put_step(struct qd_call *call, qd_call_event ev, const uint8_t *msg,
             finish_nomem(call);
             return;
         }
+        if (id) st->id = *id;
         qd_call_set_state(call, st);
         qd_call_recv(call);
         return;
@@ -1500,6 +1528,7 @@ static void put_cleanup(struct qd_call *call) {
 /* ---- WatchJob -------------------------------------------------------------------------------- */
 
 struct watch_state {
+    struct ident id; /* the caller */
     char job_id[ID_ARG_MAX + 1];
     uint64_t after_seq; /* as requested */
     uint64_t last_seq;  /* last event sent */
@@ -1521,7 +1550,8 @@ static void watch_pump(struct qd_call *call, struct watch_state *st) {
     qd_error err = {0};
     qd_job_event ev;
     memset(&ev, 0, sizeof ev);
-    qd_err rc = qd_service_watch_next(rpc->svc, st->job_id, st->last_seq, 0, &ev, &err);
+    qd_caller who = caller_of(&st->id);
+    qd_err rc = qd_service_watch_next(rpc->svc, &who, st->job_id, st->last_seq, 0, &ev, &err);
     struct arena a = {0};
     if (rc == QD_OK) {
         Quantd__V1__JobEvent *m = NULL;
@@ -1529,7 +1559,7 @@ static void watch_pump(struct qd_call *call, struct watch_state *st) {
             /* Events after after_seq are gone (a restart began a new list): the job as it is
              * now comes first, numbered so that the next event follows it. */
             qd_job_snapshot job = {0};
-            if ((rc = qd_service_job_get(rpc->svc, st->job_id, &job, &err)) != QD_OK) {
+            if ((rc = qd_service_job_get(rpc->svc, &who, st->job_id, &job, &err)) != QD_OK) {
                 finish_err(call, rc, &err);
                 return;
             }
@@ -1566,7 +1596,7 @@ static void watch_pump(struct qd_call *call, struct watch_state *st) {
     st->checked_gap = true;
     qd_error_clear(&err);
     qd_job_snapshot job = {0};
-    if ((rc = qd_service_job_get(rpc->svc, st->job_id, &job, &err)) != QD_OK) {
+    if ((rc = qd_service_job_get(rpc->svc, &who, st->job_id, &job, &err)) != QD_OK) {
         finish_err(call, rc, &err);
         return;
     }
@@ -1574,7 +1604,7 @@ static void watch_pump(struct qd_call *call, struct watch_state *st) {
         /* The done event is appended with the terminal state; look once more so a watcher
          * that raced it still gets it, else the client has seen everything. */
         qd_error_clear(&err);
-        rc = qd_service_watch_next(rpc->svc, st->job_id, st->last_seq, 0, &ev, &err);
+        rc = qd_service_watch_next(rpc->svc, &who, st->job_id, st->last_seq, 0, &ev, &err);
         qd_job_snapshot_free(&job);
         if (rc == QD_OK) {
             Quantd__V1__JobEvent *m = event_to_pb(&a, st->job_id, &ev);
@@ -1627,7 +1657,8 @@ static void watch_pump(struct qd_call *call, struct watch_state *st) {
     qd_call_wait(call, TICK_MS - idle);
 }
 
-static void watch_step(struct qd_call *call, qd_call_event ev, const uint8_t *msg, size_t len) {
+static void watch_step(struct qd_call *call, qd_call_event ev, const uint8_t *msg, size_t len,
+                       const struct ident *id) {
     struct qd_rpc *rpc = qd_call_app(call);
     struct watch_state *st = qd_call_state(call);
     qd_error err = {0};
@@ -1647,6 +1678,7 @@ static void watch_step(struct qd_call *call, qd_call_event ev, const uint8_t *ms
             finish_nomem(call);
             return;
         }
+        if (id) st->id = *id;
         snprintf(st->job_id, sizeof st->job_id, "%s", req->job_id);
         st->after_seq = st->last_seq = req->after_seq;
         st->last_sent_ms = now_mono_ms();
@@ -1831,7 +1863,8 @@ static void get_next(struct qd_call *call, struct get_state *st) {
     qd_call_finish(call, GRPC_STATUS_OK, "", NULL);
 }
 
-static void get_step(struct qd_call *call, qd_call_event ev, const uint8_t *msg, size_t len) {
+static void get_step(struct qd_call *call, qd_call_event ev, const uint8_t *msg, size_t len,
+                     const struct ident *id) {
     struct qd_rpc *rpc = qd_call_app(call);
     struct get_state *st = qd_call_state(call);
     qd_error err = {0};
@@ -1850,8 +1883,9 @@ static void get_step(struct qd_call *call, qd_call_event ev, const uint8_t *msg,
     if (rc == QD_OK) {
         st->fd = -1;
         qd_call_set_state(call, st);
-        rc = qd_service_download_open(rpc->svc, req->artifact_id, &st->dl, &st->art, st->dir,
-                                      sizeof st->dir, &err);
+        qd_caller who = caller_of(id);
+        rc = qd_service_download_open(rpc->svc, &who, req->artifact_id, &st->dl, &st->art,
+                                      st->dir, sizeof st->dir, &err);
     }
     if (rc == QD_OK) rc = get_plan(rpc, st, req, &err);
     protobuf_c_message_free_unpacked(&req->base, NULL);
@@ -1972,8 +2006,11 @@ static const char *method_name(struct qd_call *call) {
     return s ? s + 1 : p;
 }
 
-/* Whether the call may go on to a handler that needs role; if not, it is finished here. */
-static bool auth_check(struct qd_call *call, int role) {
+/* Whether the call may go on to a handler that needs role; if not, it is finished here.
+ * *ret names the caller (owner "" and all with authentication off). */
+static bool auth_check(struct qd_call *call, int role, struct ident *ret) {
+    memset(ret, 0, sizeof *ret);
+    ret->all = true;
     if (role == ROLE_OPEN) return true;
     struct qd_rpc *rpc = qd_call_app(call);
     char value[TOKEN_MAX + 16];
@@ -1996,6 +2033,7 @@ static bool auth_check(struct qd_call *call, int role) {
     }
     int found = -1;
     char name[sizeof rpc->auth->tokens[0].name] = "";
+    unsigned char which[32] = {0};
     if (hashed) {
         pthread_mutex_lock(&rpc->auth_mu);
         for (size_t i = 0; i < rpc->auth->n; i++) {
@@ -2005,6 +2043,7 @@ static bool auth_check(struct qd_call *call, int role) {
             if (same && (int)t->role > found) {
                 found = (int)t->role;
                 memcpy(name, t->name, sizeof name);
+                memcpy(which, t->sha256, sizeof which);
             }
         }
         pthread_mutex_unlock(&rpc->auth_mu);
@@ -2027,15 +2066,28 @@ static bool auth_check(struct qd_call *call, int role) {
         qd_call_finish(call, GRPC_STATUS_PERMISSION_DENIED, details, NULL);
         return false;
     }
+    /* The owner: the entry's name, else a prefix of its hash (the stored hash, not the
+     * token: 48 bits say which entry without helping anyone guess the token). */
+    name[sizeof name - 1] = '\0';
+    if (name[0]) {
+        snprintf(ret->owner, sizeof ret->owner, "%s", name);
+    } else {
+        int k = snprintf(ret->owner, sizeof ret->owner, "token:");
+        for (int i = 0; i < 6 && k > 0 && (size_t)k + 2 < sizeof ret->owner; i++, k += 2)
+            snprintf(ret->owner + k, sizeof ret->owner - (size_t)k, "%02x", which[i]);
+    }
+    ret->all = found >= QD_ROLE_ADMIN;
     return true;
 }
 
-/* guarded_<step>: the handler step behind the role check of its method. */
+/* guarded_<step>: the handler step behind the role check of its method; the step gets the
+ * caller at START (NULL after: a step that needs it later keeps a copy). */
 #define GUARDED(step, role)                                                                     \
     static void guarded_##step(struct qd_call *call, qd_call_event ev, const uint8_t *msg,     \
                                size_t len) {                                                    \
-        if (ev == QD_CALL_START && !auth_check(call, role)) return;                             \
-        step(call, ev, msg, len);                                                               \
+        struct ident id;                                                                        \
+        if (ev == QD_CALL_START && !auth_check(call, role, &id)) return;                        \
+        step(call, ev, msg, len, ev == QD_CALL_START ? &id : NULL);                             \
     }
 
 GUARDED(put_step, QD_ROLE_SUBMIT)

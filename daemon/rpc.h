@@ -35,6 +35,11 @@ struct qd_rpc_auth;
  * before any handler runs: UNAUTHENTICATED "missing or invalid bearer token" (the token is
  * never echoed), or PERMISSION_DENIED naming the role needed and the method. With neither
  * auth.tokens nor auth.token_file set, authentication is off.
+ *
+ * Owners: the entry that matched names the caller (its NAME, else "token:" + the first 12 hex
+ * digits of its hash); an admin entry, or authentication off, sees everything. Each handler
+ * hands that caller to the service, which shows read and submit tokens only their own jobs,
+ * artifacts and bundles (service.h, "Owners"; the rule of each RPC is in proto/README.md).
  */
 /* Read cfg's tokens and token file; errors name the file and line. */
 qd_err qd_rpc_auth_load(const qd_config *cfg, struct qd_rpc_auth **ret, qd_error *err);

@@ -49,6 +49,20 @@
  * `--device cuda:N` writes. A CUDA failure fails that job with the runtime's message; before
  * its next job the worker re-opens a context the failure left unusable (a device that cannot
  * be opened fails each job it takes with the reason, rather than stopping the worker).
+ *
+ * Owners (service.h). The rows live in the store (owners table, schema 3) and every check
+ * asks it under mu, so a restart changes nothing and memory holds no second copy. A job's
+ * submitter is written with its row, a joiner when it joins, an artifact's owners are copied
+ * from its job at publish and again at finish (a joiner may arrive in between, and an
+ * artifact another job published first must gain this job's owners too). Blobs: an upload
+ * whose caller owns the blob (or sees all) writes as before; the first writer of a fresh
+ * blob becomes the owner of its partial upload ("part"), which lets it resume; any other
+ * writer's append makes that writer the part's only owner, so a part's owner has always sent
+ * every byte of it. Completing the blob makes its part owner a blob owner. A caller that owns
+ * neither the blob nor its part, while bytes of it are held, streams a PROOF: its chunks are
+ * hashed in memory (struct proof) and never written, and a matching sha256 makes it an
+ * owner. A proof of a blob still partial on disk ends with the caller owning it and seeing the
+ * real held length, from which it resumes as an owner.
  */
 #include "service.h"
 
@@ -66,6 +80,7 @@
 #include <unistd.h>
 
 #include <jansson.h>
+#include <openssl/evp.h>
 
 #include "artifact.h"
 #include "backend.h"
@@ -193,12 +208,22 @@ struct qd_service {
 const double qd_service_duration_bounds[QD_SERVICE_DURATION_BUCKETS - 1] = {
     1, 5, 15, 60, 300, 900, 3600, 14400};
 
+/* A proof that an upload's caller knows a blob it does not own: the bytes sent so far, hashed
+ * and dropped. */
+struct proof {
+    EVP_MD_CTX *md; /* NULL until the first chunk */
+    uint64_t got;
+};
+
 struct qd_upload {
     struct qd_service *svc;
     qd_bundle_kind kind;
     char digest[QD_STORE_HEX_LEN + 1];
     struct qd_store_file *files;
     size_t n_files;
+    char owner[QD_STORE_OWNER_MAX]; /* the caller */
+    bool all;
+    struct proof *proofs;           /* [n_files] */
 };
 
 struct qd_download {
@@ -485,6 +510,14 @@ static void finish_job(struct qd_service *svc, struct job *j, qd_job_state state
         j->progress.fraction = 1.0;
         j->progress.eta_unix_ms = 0;
     }
+    /* Everyone the job answers owns its artifact: joiners that came after the publish, and
+     * all of them when another job published the artifact first. */
+    if (state == QD_JOB_SUCCEEDED && artifact_id && *artifact_id) {
+        (void)qd_store_owner_copy(svc->store, QD_STORE_OWN_JOB, j->id, QD_STORE_OWN_ARTIFACT,
+                                  artifact_id, NULL);
+        (void)qd_store_owner_copy(svc->store, QD_STORE_OWN_JOB_JOINED, j->id,
+                                  QD_STORE_OWN_ARTIFACT, artifact_id, NULL);
+    }
     j->finish_order = ++svc->finish_counter;
     count_finished(svc, j);
     emit_done(svc, j);
@@ -611,6 +644,80 @@ static qd_err check_job_id(const char *id, qd_error *err) {
     return QD_OK;
 }
 
+/* ---- owners -------------------------------------------------------------------------------- */
+
+static bool sees_all(const qd_caller *who) { return !who || who->all; }
+
+static const char *owner_of(const qd_caller *who) {
+    return who && who->owner ? who->owner : "";
+}
+
+/* Whether who owns (kind, id) (mu held). A store that cannot answer answers no. */
+static bool owns(struct qd_service *svc, const qd_caller *who, enum qd_store_owner_kind kind,
+                 const char *id) {
+    if (sees_all(who)) return true;
+    bool has = false;
+    qd_error e = {0};
+    return qd_store_owner_has(svc->store, kind, id, owner_of(who), &has, &e) == QD_OK && has;
+}
+
+/* Whether who may see job id: it submitted or joined it (mu held). */
+static bool sees_job(struct qd_service *svc, const qd_caller *who, const char *id) {
+    return owns(svc, who, QD_STORE_OWN_JOB, id) || owns(svc, who, QD_STORE_OWN_JOB_JOINED, id);
+}
+
+/* The answer for a job who may not see: that of a missing one (qd_store_job_get's). */
+static qd_err job_not_found(const char *id, qd_error *err) {
+    return qd_error_set(err, QD_ERR_NOT_FOUND, "job %s: not found", id);
+}
+
+static qd_err artifact_not_found(const char *id, qd_error *err) {
+    return qd_error_set(err, QD_ERR_NOT_FOUND, "artifact %s: not found", id);
+}
+
+/* Whether who may be told the truth about blob f and write it (mu held): it owns the blob,
+ * or it is an upload no one has begun, or its own partial upload. Otherwise who must prove
+ * it has the bytes (see DESIGN). An empty file proves nothing and is everyone's. */
+static bool blob_real(struct qd_service *svc, const qd_caller *who,
+                      const struct qd_store_file *f) {
+    if (sees_all(who) || f->size == 0 || owns(svc, who, QD_STORE_OWN_BLOB, f->sha256))
+        return true;
+    uint64_t held = 0;
+    bool complete = false;
+    if (qd_store_blob_stat(svc->store, f->sha256, f->size, &held, &complete, NULL) != QD_OK)
+        return false;
+    if (complete) return false;
+    return held == 0 || owns(svc, who, QD_STORE_OWN_PART, f->sha256);
+}
+
+/* Whether who owns every blob of a manifest (mu held). */
+static bool owns_files(struct qd_service *svc, const qd_caller *who,
+                       const struct qd_store_file *files, size_t n) {
+    if (sees_all(who)) return true;
+    for (size_t i = 0; i < n; i++)
+        if (files[i].size > 0 && !owns(svc, who, QD_STORE_OWN_BLOB, files[i].sha256))
+            return false;
+    return true;
+}
+
+/* A bundle named in a request must be the caller's (mu held); another's is answered as a
+ * missing one, in bundle_blobs' words. what names the field ("model_digest", ...). */
+static qd_err check_bundle_owner(struct qd_service *svc, const qd_caller *who,
+                                 const char *digest, const char *what, qd_error *err) {
+    if (sees_all(who)) return QD_OK;
+    struct qd_store_file *files = NULL;
+    size_t n = 0;
+    qd_error e = {0};
+    qd_err rc = qd_store_model_files(svc->store, digest, &files, &n, &e);
+    if (rc != QD_OK && rc != QD_ERR_NOT_FOUND) return qd_error_set(err, rc, "%s", e.msg);
+    bool mine = rc == QD_OK && owns_files(svc, who, files, n);
+    qd_store_files_free(files, n);
+    if (!mine)
+        return qd_error_set(err, QD_ERR_NOT_FOUND, "%s %s: no such bundle here; upload it "
+                            "with PutModel", what, digest);
+    return QD_OK;
+}
+
 /* ---- artifacts ----------------------------------------------------------------------------- */
 
 /* The entry of artifact a (mu held): its manifest from the store, its spec from the recorded
@@ -664,24 +771,30 @@ static qd_err check_artifact_id(const char *id, qd_error *err) {
     return QD_OK;
 }
 
-qd_err qd_service_artifact_get(struct qd_service *svc, const char *id, qd_artifact_entry *ret,
-                               qd_error *err) {
+qd_err qd_service_artifact_get(struct qd_service *svc, const qd_caller *who, const char *id,
+                               qd_artifact_entry *ret, qd_error *err) {
     qd_err rc = check_artifact_id(id, err);
     if (rc != QD_OK) return rc;
     struct qd_store_artifact a;
     lock(svc);
-    rc = qd_store_artifact_get(svc->store, id, &a, err);
+    if (!owns(svc, who, QD_STORE_OWN_ARTIFACT, id)) rc = artifact_not_found(id, err);
+    if (rc == QD_OK) rc = qd_store_artifact_get(svc->store, id, &a, err);
     if (rc == QD_OK) rc = artifact_entry(svc, &a, ret, err);
     unlock(svc);
     return rc;
 }
 
-qd_err qd_service_artifact_list(struct qd_service *svc, qd_artifact_entry **ret, size_t *ret_n,
-                                qd_error *err) {
+qd_err qd_service_artifact_list(struct qd_service *svc, const qd_caller *who,
+                                qd_artifact_entry **ret, size_t *ret_n, qd_error *err) {
     struct qd_store_artifact *arts = NULL;
     size_t n = 0;
     lock(svc);
     qd_err rc = qd_store_artifact_list(svc->store, &arts, &n, err);
+    /* Only the caller's, in the same order. */
+    size_t kept = 0;
+    for (size_t i = 0; rc == QD_OK && i < n; i++)
+        if (owns(svc, who, QD_STORE_OWN_ARTIFACT, arts[i].id)) arts[kept++] = arts[i];
+    if (rc == QD_OK) n = kept;
     qd_artifact_entry *out = NULL;
     if (rc == QD_OK && n) {
         out = calloc(n, sizeof *out);
@@ -701,16 +814,18 @@ qd_err qd_service_artifact_list(struct qd_service *svc, qd_artifact_entry **ret,
     return QD_OK;
 }
 
-qd_err qd_service_artifact_delete(struct qd_service *svc, const char *id, qd_error *err) {
+qd_err qd_service_artifact_delete(struct qd_service *svc, const qd_caller *who, const char *id,
+                                  qd_error *err) {
     qd_err rc = check_artifact_id(id, err);
     if (rc != QD_OK) return rc;
     lock(svc);
-    rc = qd_store_artifact_delete(svc->store, id, err);
+    if (!owns(svc, who, QD_STORE_OWN_ARTIFACT, id)) rc = artifact_not_found(id, err);
+    if (rc == QD_OK) rc = qd_store_artifact_delete(svc->store, id, err);
     unlock(svc);
     return rc;
 }
 
-qd_err qd_service_download_open(struct qd_service *svc, const char *id,
+qd_err qd_service_download_open(struct qd_service *svc, const qd_caller *who, const char *id,
                                 struct qd_download **ret, qd_artifact_entry *ret_art,
                                 char *dir, size_t dir_len, qd_error *err) {
     qd_err rc = check_artifact_id(id, err);
@@ -723,7 +838,8 @@ qd_err qd_service_download_open(struct qd_service *svc, const char *id,
     qd_artifact_entry e;
     memset(&e, 0, sizeof e);
     lock(svc);
-    rc = qd_store_artifact_pin(svc->store, id, err);
+    if (!owns(svc, who, QD_STORE_OWN_ARTIFACT, id)) rc = artifact_not_found(id, err);
+    if (rc == QD_OK) rc = qd_store_artifact_pin(svc->store, id, err);
     bool pinned = rc == QD_OK;
     if (rc == QD_OK) rc = qd_store_artifact_get(svc->store, id, &a, err);
     if (rc == QD_OK && ret_art) rc = artifact_entry(svc, &a, &e, err);
@@ -829,9 +945,10 @@ static qd_err copy_files(const struct qd_store_file *files, size_t n,
     return QD_OK;
 }
 
-/* What is held of each file of a manifest. Blob stats touch no SQLite: no lock needed. */
-static qd_err fill_status(struct qd_service *svc, const char *digest, int kind,
-                          const struct qd_store_file *files, size_t n,
+/* What is held of each file of a manifest, as who may be told: a blob it would have to prove
+ * shows as not held at all. */
+static qd_err fill_status(struct qd_service *svc, const qd_caller *who, const char *digest,
+                          int kind, const struct qd_store_file *files, size_t n,
                           qd_bundle_status *ret, qd_error *err) {
     qd_bundle_status st;
     memset(&st, 0, sizeof st);
@@ -851,8 +968,11 @@ static qd_err fill_status(struct qd_service *svc, const char *digest, int kind,
         }
         f->size = files[i].size;
         copy_text(f->sha256, sizeof f->sha256, files[i].sha256);
-        rc = qd_store_blob_stat(svc->store, files[i].sha256, files[i].size, &f->held_bytes,
-                                &f->complete, err);
+        lock(svc);
+        bool real = blob_real(svc, who, &files[i]);
+        unlock(svc);
+        if (real) rc = qd_store_blob_stat(svc->store, files[i].sha256, files[i].size,
+                                          &f->held_bytes, &f->complete, err);
         if (rc != QD_OK) qd_error_prefix(err, "file '%s': ", files[i].name);
         st.held_bytes += f->held_bytes;
         st.total_bytes += f->size;
@@ -866,10 +986,10 @@ static qd_err fill_status(struct qd_service *svc, const char *digest, int kind,
     return QD_OK;
 }
 
-qd_err qd_service_upload_begin(struct qd_service *svc, qd_bundle_kind kind,
-                               const struct qd_store_file *files, size_t n_files,
-                               const char *expected_digest, struct qd_upload **ret,
-                               qd_error *err) {
+qd_err qd_service_upload_begin(struct qd_service *svc, const qd_caller *who,
+                               qd_bundle_kind kind, const struct qd_store_file *files,
+                               size_t n_files, const char *expected_digest,
+                               struct qd_upload **ret, qd_error *err) {
     if (kind != QD_BUNDLE_MODEL && kind != QD_BUNDLE_CALIBRATION)
         return qd_error_set(err, QD_ERR_INVALID_ARG, "kind: %d is not MODEL (1) or "
                             "CALIBRATION (2)", (int)kind);
@@ -890,16 +1010,24 @@ qd_err qd_service_upload_begin(struct qd_service *svc, qd_bundle_kind kind,
     up->svc = svc;
     up->kind = kind;
     copy_text(up->digest, sizeof up->digest, digest);
+    copy_text(up->owner, sizeof up->owner, owner_of(who));
+    up->all = sees_all(who);
     up->n_files = n_files;
     rc = copy_files(files, n_files, &up->files, err);
+    if (rc == QD_OK && !(up->proofs = calloc(n_files, sizeof *up->proofs)))
+        rc = qd_error_set(err, QD_ERR_NOMEM, "upload: out of memory");
     if (rc == QD_OK) {
         lock(svc);
         rc = qd_store_model_register(svc->store, files, n_files, NULL, NULL, err);
         if (rc == QD_OK) rc = qd_store_model_set_kind(svc->store, digest, (int)kind, err);
+        /* Who registered a manifest may ask about it by digest (StatModel). */
+        if (rc == QD_OK)
+            rc = qd_store_owner_add(svc->store, QD_STORE_OWN_BUNDLE, digest, up->owner, err);
         unlock(svc);
     }
     if (rc != QD_OK) {
         qd_store_files_free(up->files, up->files ? n_files : 0);
+        free(up->proofs);
         free(up);
         return rc;
     }
@@ -919,6 +1047,56 @@ static void release_claim(struct qd_service *svc, const struct qd_upload *up, co
             svc->claims[i] = svc->claims[--svc->n_claims];
             i--;
         }
+}
+
+static void proof_reset(struct proof *pr) {
+    EVP_MD_CTX_free(pr->md);
+    pr->md = NULL;
+    pr->got = 0;
+}
+
+/* A chunk of a blob the caller does not own (see DESIGN): hashed, not written. The offsets
+ * and the messages are those of an upload, counted from 0; the last byte decides. */
+static qd_err prove_chunk(struct qd_upload *up, size_t idx, uint64_t offset, const void *data,
+                          size_t len, qd_error *err) {
+    struct qd_service *svc = up->svc;
+    const struct qd_store_file *f = &up->files[idx];
+    struct proof *pr = &up->proofs[idx];
+    if (offset != pr->got)
+        return qd_error_set(err, QD_ERR_PRECONDITION, "file '%s': chunk at offset %" PRIu64
+                            " but the server holds %" PRIu64 " bytes; resume at offset %" PRIu64,
+                            f->name, offset, pr->got, pr->got);
+    if (!pr->md) {
+        pr->md = EVP_MD_CTX_new();
+        if (!pr->md || EVP_DigestInit_ex(pr->md, EVP_sha256(), NULL) != 1) {
+            proof_reset(pr);
+            return qd_error_set(err, QD_ERR_NOMEM, "file '%s': cannot start a sha256", f->name);
+        }
+    }
+    if (EVP_DigestUpdate(pr->md, data, len) != 1) {
+        proof_reset(pr);
+        return qd_error_set(err, QD_ERR_INTERNAL, "file '%s': sha256 update failed", f->name);
+    }
+    pr->got += len;
+    lock(svc);
+    svc->stats.bytes_in += len;
+    unlock(svc);
+    if (pr->got < f->size) return QD_OK;
+    unsigned char md[EVP_MAX_MD_SIZE];
+    unsigned int md_len = 0;
+    int ok = EVP_DigestFinal_ex(pr->md, md, &md_len);
+    proof_reset(pr);
+    char hex[QD_STORE_HEX_LEN + 1];
+    for (unsigned int i = 0; ok == 1 && i < md_len && 2 * i + 1 < sizeof hex; i++)
+        snprintf(hex + 2 * i, 3, "%02x", md[i]);
+    if (ok != 1 || md_len != 32 || strcmp(hex, f->sha256) != 0)
+        return qd_error_set(err, QD_ERR_CORRUPT, "file '%s': the %" PRIu64 " bytes received "
+                            "do not have sha256 %s; its data was dropped, upload it again",
+                            f->name, f->size, f->sha256);
+    lock(svc);
+    qd_err rc = qd_store_owner_add(svc->store, QD_STORE_OWN_BLOB, f->sha256, up->owner, err);
+    unlock(svc);
+    return rc;
 }
 
 qd_err qd_service_upload_chunk(struct qd_upload *up, int64_t file_index, const char *file_name,
@@ -949,6 +1127,11 @@ qd_err qd_service_upload_chunk(struct qd_upload *up, int64_t file_index, const c
         return qd_error_set(err, QD_ERR_INVALID_ARG, "chunk for '%s': bytes %" PRIu64 "..%"
                             PRIu64 " run past its size %" PRIu64, f->name, offset,
                             offset + (uint64_t)len, f->size);
+    qd_caller who = {.owner = up->owner, .all = up->all};
+    lock(svc);
+    bool real = blob_real(svc, &who, f);
+    unlock(svc);
+    if (!real) return prove_chunk(up, (size_t)(f - up->files), offset, data, len, err);
     /* Claim the blob: one writer each. */
     lock(svc);
     struct claim *c = find_claim(svc, f->sha256);
@@ -985,6 +1168,23 @@ qd_err qd_service_upload_chunk(struct qd_upload *up, int64_t file_index, const c
         rc = qd_error_set(err, QD_ERR_PRECONDITION, "file '%s': chunk at offset %" PRIu64
                           " but the server holds %" PRIu64 " bytes; resume at offset %" PRIu64,
                           f->name, offset, held, held);
+    if (rc == QD_OK) {
+        /* The part's owner is whoever has sent all of it: the writer of a fresh one, or a
+         * caller that owns the blob and so knows every byte (see DESIGN). */
+        lock(svc);
+        bool mine = false;
+        qd_error oerr = {0};
+        if (qd_store_owner_has(svc->store, QD_STORE_OWN_PART, f->sha256, up->owner, &mine,
+                               &oerr) != QD_OK)
+            mine = false;
+        if (!mine || held == 0) {
+            rc = qd_store_owner_remove(svc->store, QD_STORE_OWN_PART, f->sha256, NULL, err);
+            if (rc == QD_OK)
+                rc = qd_store_owner_add(svc->store, QD_STORE_OWN_PART, f->sha256, up->owner,
+                                        err);
+        }
+        unlock(svc);
+    }
     if (rc == QD_OK)
         rc = qd_store_blob_append(svc->store, f->sha256, f->size, offset, data, len, &held, err);
     if (rc == QD_OK) {
@@ -1001,6 +1201,15 @@ qd_err qd_service_upload_chunk(struct qd_upload *up, int64_t file_index, const c
                               f->name, f->size, f->sha256);
         }
         lock(svc);
+        /* Complete: its part owner sent every byte and owns the blob now; dropped: no one
+         * has sent any of what is (not) there. */
+        if (rc == QD_OK) {
+            qd_error oerr = {0};
+            if (qd_store_owner_add(svc->store, QD_STORE_OWN_BLOB, f->sha256, up->owner,
+                                   &oerr) != QD_OK)
+                rc = qd_error_set(err, oerr.code, "file '%s': %s", f->name, oerr.msg);
+        }
+        (void)qd_store_owner_remove(svc->store, QD_STORE_OWN_PART, f->sha256, NULL, NULL);
         release_claim(svc, up, f->sha256);
         unlock(svc);
     } else if (rc != QD_OK && rc != QD_ERR_PRECONDITION) {
@@ -1011,7 +1220,9 @@ qd_err qd_service_upload_chunk(struct qd_upload *up, int64_t file_index, const c
 }
 
 qd_err qd_service_upload_status(struct qd_upload *up, qd_bundle_status *ret, qd_error *err) {
-    return fill_status(up->svc, up->digest, (int)up->kind, up->files, up->n_files, ret, err);
+    qd_caller who = {.owner = up->owner, .all = up->all};
+    return fill_status(up->svc, &who, up->digest, (int)up->kind, up->files, up->n_files, ret,
+                       err);
 }
 
 void qd_service_upload_end(struct qd_upload *up) {
@@ -1019,11 +1230,13 @@ void qd_service_upload_end(struct qd_upload *up) {
     lock(up->svc);
     release_claim(up->svc, up, NULL);
     unlock(up->svc);
+    for (size_t i = 0; up->proofs && i < up->n_files; i++) proof_reset(&up->proofs[i]);
+    free(up->proofs);
     qd_store_files_free(up->files, up->n_files);
     free(up);
 }
 
-qd_err qd_service_bundle_stat(struct qd_service *svc, const char *digest,
+qd_err qd_service_bundle_stat(struct qd_service *svc, const qd_caller *who, const char *digest,
                               const struct qd_store_file *files, size_t n_files,
                               qd_bundle_status *ret, qd_error *err) {
     if ((digest && *digest) == (files != NULL))
@@ -1042,6 +1255,10 @@ qd_err qd_service_bundle_stat(struct qd_service *svc, const char *digest,
         lock(svc);
         rc = qd_store_model_files(svc->store, digest, &own, &n, err);
         if (rc == QD_OK) rc = qd_store_model_kind(svc->store, digest, &kind, err);
+        /* Another's bundle is a missing one: the caller registered it, or owns its blobs. */
+        if (rc == QD_OK && !owns(svc, who, QD_STORE_OWN_BUNDLE, digest) &&
+            !owns_files(svc, who, own, n))
+            rc = QD_ERR_NOT_FOUND;
         unlock(svc);
         if (rc == QD_ERR_NOT_FOUND) {
             qd_error_clear(err);
@@ -1052,11 +1269,14 @@ qd_err qd_service_bundle_stat(struct qd_service *svc, const char *digest,
         rc = check_manifest(files, n_files, 0, hex, NULL, err);
         if (rc == QD_OK) {
             lock(svc);
-            if (qd_store_model_kind(svc->store, hex, &kind, NULL) != QD_OK) kind = 0;
+            /* The kind would say that someone registered it: not to a stranger. */
+            if (qd_store_model_kind(svc->store, hex, &kind, NULL) != QD_OK ||
+                (!owns(svc, who, QD_STORE_OWN_BUNDLE, hex) && !owns_files(svc, who, files, n)))
+                kind = 0;
             unlock(svc);
         }
     }
-    if (rc == QD_OK) rc = fill_status(svc, hex, kind, files, n, ret, err);
+    if (rc == QD_OK) rc = fill_status(svc, who, hex, kind, files, n, ret, err);
     qd_store_files_free(own, own ? n : 0);
     return rc;
 }
@@ -1438,8 +1658,10 @@ static struct job *find_live_key(const struct qd_service *svc, const struct qd_s
     return NULL;
 }
 
-/* Answer from the cache or join a live job (mu held). *answered false: neither. */
-static qd_err cache_or_join(struct qd_service *svc, const struct qd_store_key *key,
+/* Answer from the cache or join a live job (mu held). *answered false: neither. The caller
+ * becomes an owner of the artifact that answers it, or a joiner of the job it joins. */
+static qd_err cache_or_join(struct qd_service *svc, const qd_caller *who,
+                            const struct qd_store_key *key,
                             const char *spec_json, const char *model_path, const char *label,
                             bool *answered, qd_quantize_outcome *ret_outcome,
                             qd_job_snapshot *ret_job, qd_artifact_entry *ret_art,
@@ -1451,9 +1673,11 @@ static qd_err cache_or_join(struct qd_service *svc, const struct qd_store_key *k
     if (rc == QD_OK) {
         struct qd_store_job_new nj = {.key = *key, .spec_json = spec_json,
                                       .model_path = model_path, .label = label,
-                                      .cache_hit = true, .artifact_id = a.id};
+                                      .cache_hit = true, .artifact_id = a.id,
+                                      .owner = owner_of(who)};
         struct qd_store_job row;
-        rc = qd_store_job_add_ex(svc->store, &nj, &row, err);
+        rc = qd_store_owner_add(svc->store, QD_STORE_OWN_ARTIFACT, a.id, owner_of(who), err);
+        if (rc == QD_OK) rc = qd_store_job_add_ex(svc->store, &nj, &row, err);
         qd_artifact_entry e;
         memset(&e, 0, sizeof e);
         if (rc == QD_OK && ret_art) rc = artifact_entry(svc, &a, &e, err);
@@ -1471,6 +1695,9 @@ static qd_err cache_or_join(struct qd_service *svc, const struct qd_store_key *k
     if (rc != QD_ERR_NOT_FOUND) return qd_error_set(err, look.code, "%s", look.msg);
     struct job *live = find_live_key(svc, key);
     if (live) {
+        rc = qd_store_owner_add(svc->store, QD_STORE_OWN_JOB_JOINED, live->id, owner_of(who),
+                                err);
+        if (rc != QD_OK) return rc;
         if (ret_job) {
             rc = snapshot_mem(svc, live, ret_job, err);
             if (rc != QD_OK) return rc;
@@ -1538,6 +1765,9 @@ qd_err qd_service_quantize(struct qd_service *svc, const qd_quantize_request *re
         size_t n = 0;
         char(*paths)[PATH_MAX] = NULL;
         if (!is_default)
+            rc = check_bundle_owner(svc, req->caller, spec.calibration.digest,
+                                    "spec.calibration.digest", err);
+        if (rc == QD_OK && !is_default)
             rc = bundle_blobs(svc, spec.calibration.digest, QD_BUNDLE_CALIBRATION,
                               "spec.calibration.digest", &files, &n, &paths, err);
         unlock(svc);
@@ -1560,8 +1790,11 @@ qd_err qd_service_quantize(struct qd_service *svc, const qd_quantize_request *re
         if (svc->draining || svc->closing)
             rc = qd_error_set(err, QD_ERR_UNAVAILABLE, "draining: the server is shutting "
                               "down; submit the job again after it restarts");
+        /* Before the cache: the cache must not answer a digest the caller only quoted. */
+        if (rc == QD_OK && by_digest)
+            rc = check_bundle_owner(svc, req->caller, key.model_digest, "model_digest", err);
         if (rc == QD_OK)
-            rc = cache_or_join(svc, &key, json, model_path, req->label, &answered,
+            rc = cache_or_join(svc, req->caller, &key, json, model_path, req->label, &answered,
                                ret_outcome, ret_job, ret_art, err);
         /* A bundle that is not there or not complete fails now, with its own message. */
         if (rc == QD_OK && !answered && by_digest) {
@@ -1584,7 +1817,7 @@ qd_err qd_service_quantize(struct qd_service *svc, const qd_quantize_request *re
             rc = qd_error_set(err, QD_ERR_UNAVAILABLE, "draining: the server is shutting "
                               "down; submit the job again after it restarts");
         if (rc == QD_OK)
-            rc = cache_or_join(svc, &key, json, model_path, req->label, &answered,
+            rc = cache_or_join(svc, req->caller, &key, json, model_path, req->label, &answered,
                                ret_outcome, ret_job, ret_art, err);
         if (rc == QD_OK && !answered && (int64_t)n_in_state(svc, QD_JOB_QUEUED) >= svc->max_queued)
             rc = qd_error_set(err, QD_ERR_TOO_LARGE, "limits.max_queued_jobs: %" PRId64 " jobs "
@@ -1593,7 +1826,8 @@ qd_err qd_service_quantize(struct qd_service *svc, const qd_quantize_request *re
         struct job *j = NULL;
         if (rc == QD_OK && !answered) {
             struct qd_store_job_new nj = {.key = key, .spec_json = json,
-                                          .model_path = model_path, .label = req->label};
+                                          .model_path = model_path, .label = req->label,
+                                          .owner = owner_of(req->caller)};
             rc = qd_store_job_add_ex(svc->store, &nj, &row, err);
             if (rc == QD_OK) {
                 rc = new_job(svc, &row, &spec, json, model_path, req->label, &j, err);
@@ -1959,18 +2193,20 @@ static void *worker_main(void *arg) {
 
 /* ---- jobs: get, list, cancel --------------------------------------------------------------- */
 
-qd_err qd_service_job_get(struct qd_service *svc, const char *job_id, qd_job_snapshot *ret,
-                          qd_error *err) {
+qd_err qd_service_job_get(struct qd_service *svc, const qd_caller *who, const char *job_id,
+                          qd_job_snapshot *ret, qd_error *err) {
     qd_err rc = check_job_id(job_id, err);
     if (rc != QD_OK) return rc;
     lock(svc);
-    rc = snapshot_by_id(svc, job_id, ret, err);
+    rc = sees_job(svc, who, job_id) ? snapshot_by_id(svc, job_id, ret, err)
+                                    : job_not_found(job_id, err);
     unlock(svc);
     return rc;
 }
 
-qd_err qd_service_job_list(struct qd_service *svc, const qd_job_state *states, size_t n_states,
-                           const char *model_digest, const char *page_after, size_t limit,
+qd_err qd_service_job_list(struct qd_service *svc, const qd_caller *who,
+                           const qd_job_state *states, size_t n_states, const char *model_digest,
+                           const char *page_after, size_t limit,
                            qd_job_snapshot **ret_jobs, size_t *ret_n, bool *ret_more,
                            qd_error *err) {
     unsigned mask = 0;
@@ -1996,10 +2232,10 @@ qd_err qd_service_job_list(struct qd_service *svc, const qd_job_state *states, s
     size_t n = 0;
     bool more = false;
     lock(svc);
-    qd_err rc = qd_store_job_query(svc->store, mask,
-                                   model_digest && *model_digest ? model_digest : NULL,
-                                   page_after && *page_after ? page_after : NULL, limit, &rows,
-                                   &n, &more, err);
+    qd_err rc = qd_store_job_query_owned(svc->store, sees_all(who) ? NULL : owner_of(who), mask,
+                                         model_digest && *model_digest ? model_digest : NULL,
+                                         page_after && *page_after ? page_after : NULL, limit,
+                                         &rows, &n, &more, err);
     qd_job_snapshot *out = NULL;
     if (rc == QD_OK && n && !(out = calloc(n, sizeof *out)))
         rc = qd_error_set(err, QD_ERR_NOMEM, "list jobs: out of memory");
@@ -2022,11 +2258,19 @@ qd_err qd_service_job_list(struct qd_service *svc, const qd_job_state *states, s
     return QD_OK;
 }
 
-qd_err qd_service_job_cancel(struct qd_service *svc, const char *job_id, qd_job_snapshot *ret,
-                             qd_error *err) {
+qd_err qd_service_job_cancel(struct qd_service *svc, const qd_caller *who, const char *job_id,
+                             qd_job_snapshot *ret, qd_error *err) {
     qd_err rc = check_job_id(job_id, err);
     if (rc != QD_OK) return rc;
     lock(svc);
+    if (!owns(svc, who, QD_STORE_OWN_JOB, job_id)) {
+        rc = owns(svc, who, QD_STORE_OWN_JOB_JOINED, job_id)
+                 ? qd_error_set(err, QD_ERR_PERMISSION, "job %s: joined, not submitted, by this "
+                                "caller; only its submitter or an admin may cancel it", job_id)
+                 : job_not_found(job_id, err);
+        unlock(svc);
+        return rc;
+    }
     struct job *j = find_job(svc, job_id);
     struct qd_store_job row;
     if (!j) {
@@ -2068,12 +2312,18 @@ qd_err qd_service_job_cancel(struct qd_service *svc, const char *job_id, qd_job_
 
 /* ---- events: watch and subscribe ----------------------------------------------------------- */
 
-qd_err qd_service_watch_next(struct qd_service *svc, const char *job_id, uint64_t after_seq,
-                             int64_t timeout_ms, qd_job_event *ret, qd_error *err) {
+qd_err qd_service_watch_next(struct qd_service *svc, const qd_caller *who, const char *job_id,
+                             uint64_t after_seq, int64_t timeout_ms, qd_job_event *ret,
+                             qd_error *err) {
     qd_err rc = check_job_id(job_id, err);
     if (rc != QD_OK) return rc;
     int64_t deadline = qd_service_now_mono_ms() + (timeout_ms > 0 ? timeout_ms : 0);
     lock(svc);
+    if (!sees_job(svc, who, job_id)) {
+        rc = job_not_found(job_id, err);
+        unlock(svc);
+        return rc;
+    }
     svc->n_waiters++;
     for (;;) {
         if (svc->closing) {

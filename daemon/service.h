@@ -25,6 +25,24 @@
  * Events: every job keeps an in-memory, append-only list of events with seq = 1, 2, ...
  * (a restart starts a new list, beginning with a QUEUED event). Watchers read them with
  * qd_service_watch_next (blocking, with a timeout) or register a notifier.
+ *
+ * Owners. Every function that reads or acts on jobs, artifacts or bundles takes the caller
+ * (qd_caller): who it is (recorded as the owner of what the call makes) and whether it sees
+ * everything (an admin token, or authentication off; a NULL caller is that too, with owner
+ * ""). Anyone else sees only its own:
+ *   - a job is its submitter's, and visible to those who joined it (Quantize JOINED); only
+ *     the submitter (or an all-seeing caller) may cancel it;
+ *   - an artifact is the set of owners of the jobs that made it or that the cache answered
+ *     with it;
+ *   - a blob is the set of callers that sent its bytes: a caller that does not own a blob the
+ *     server holds is told it holds nothing of it, sends every byte, and those bytes are
+ *     hashed (not stored) and must have the blob's sha256; then it owns the blob. So a
+ *     digest quoted without the bytes buys nothing;
+ *   - a bundle is the caller's when every file's blob is (StatModel by digest also answers
+ *     whoever registered the manifest with PutModel, showing each file as that caller holds
+ *     it). Server-side model paths and the configured default calibration are everyone's.
+ * What another owner has is answered exactly as what does not exist (NOT_FOUND with the same
+ * message), so ids and digests cannot be probed.
  */
 #ifndef QD_SERVICE_H
 #define QD_SERVICE_H
@@ -39,6 +57,13 @@
 #include "store.h"
 
 struct qd_service;
+
+/* Who makes a call (see "Owners" above). */
+typedef struct qd_caller {
+    const char *owner; /* the token's name, "token:" + 12 hex of its hash, or "" (auth off);
+                          NULL = "" */
+    bool all;          /* sees and may act on everything: an admin, or authentication off */
+} qd_caller;
 
 /* ---- lifecycle ------------------------------------------------------------------------------- */
 
@@ -113,10 +138,10 @@ void qd_bundle_status_free(qd_bundle_status *st); /* accepts a zeroed struct */
  * differs; its bytes are dropped). Chunks for a file already complete are QD_ERR_EXISTS.
  * Uploads of the same file from two streams at once: the second gets QD_ERR_PRECONDITION. */
 struct qd_upload;
-qd_err qd_service_upload_begin(struct qd_service *svc, qd_bundle_kind kind,
-                               const struct qd_store_file *files, size_t n_files,
-                               const char *expected_digest, struct qd_upload **ret,
-                               qd_error *err);
+qd_err qd_service_upload_begin(struct qd_service *svc, const qd_caller *who,
+                               qd_bundle_kind kind, const struct qd_store_file *files,
+                               size_t n_files, const char *expected_digest,
+                               struct qd_upload **ret, qd_error *err);
 /* file_index < 0: use file_name. */
 qd_err qd_service_upload_chunk(struct qd_upload *up, int64_t file_index, const char *file_name,
                                uint64_t offset, const void *data, size_t len, qd_error *err);
@@ -127,7 +152,7 @@ void qd_service_upload_end(struct qd_upload *up);
 
 /* StatModel: by digest (QD_ERR_NOT_FOUND if never registered) or by a manifest (always
  * answers; blobs already held count, whichever bundle brought them). Exactly one of the two. */
-qd_err qd_service_bundle_stat(struct qd_service *svc, const char *digest,
+qd_err qd_service_bundle_stat(struct qd_service *svc, const qd_caller *who, const char *digest,
                               const struct qd_store_file *files, size_t n_files,
                               qd_bundle_status *ret, qd_error *err);
 
@@ -206,6 +231,7 @@ typedef struct qd_quantize_request {
     const char *model_path;   /* server-side directory (absolute) */
     const qd_spec *spec;      /* as the client sent it; resolved by the service */
     const char *label;        /* may be NULL */
+    const qd_caller *caller;  /* NULL: sees all, owner "" */
 } qd_quantize_request;
 
 /* Validate (spec errors name the field: "spec.bits: ..."; an unknown or incomplete model
@@ -217,19 +243,21 @@ qd_err qd_service_quantize(struct qd_service *svc, const qd_quantize_request *re
                            qd_quantize_outcome *ret_outcome, qd_job_snapshot *ret_job,
                            qd_artifact_entry *ret_art, qd_spec_warnings *warn, qd_error *err);
 
-qd_err qd_service_job_get(struct qd_service *svc, const char *job_id, qd_job_snapshot *ret,
-                          qd_error *err);
+qd_err qd_service_job_get(struct qd_service *svc, const qd_caller *who, const char *job_id,
+                          qd_job_snapshot *ret, qd_error *err);
 /* Newest first. states: filter (n_states 0 = all); model_digest: filter (NULL = any).
  * Paging: start after the job with id page_after (NULL = first page); at most limit jobs;
  * *ret_more says whether more follow. Free each snapshot, then the array. */
-qd_err qd_service_job_list(struct qd_service *svc, const qd_job_state *states, size_t n_states,
-                           const char *model_digest, const char *page_after, size_t limit,
+qd_err qd_service_job_list(struct qd_service *svc, const qd_caller *who,
+                           const qd_job_state *states, size_t n_states, const char *model_digest,
+                           const char *page_after, size_t limit,
                            qd_job_snapshot **ret_jobs, size_t *ret_n, bool *ret_more,
                            qd_error *err);
 /* Queued: cancelled at once. Running: cancel_requested set, stops at the next layer.
- * Terminal: QD_ERR_PRECONDITION naming the state. */
-qd_err qd_service_job_cancel(struct qd_service *svc, const char *job_id, qd_job_snapshot *ret,
-                             qd_error *err);
+ * Terminal: QD_ERR_PRECONDITION naming the state. A job the caller only joined:
+ * QD_ERR_PERMISSION (its submitter's work is not a joiner's to stop). */
+qd_err qd_service_job_cancel(struct qd_service *svc, const qd_caller *who, const char *job_id,
+                             qd_job_snapshot *ret, qd_error *err);
 
 /* ---- job events ------------------------------------------------------------------------------ */
 
@@ -269,8 +297,9 @@ typedef struct qd_job_event {
 /* The first event with seq > after_seq. Waits up to timeout_ms (0: do not wait) for one to
  * arrive; none by then is QD_ERR_DEADLINE (the caller may send a tick and wait again). An
  * unknown job is QD_ERR_NOT_FOUND. After the DONE event there are no more. */
-qd_err qd_service_watch_next(struct qd_service *svc, const char *job_id, uint64_t after_seq,
-                             int64_t timeout_ms, qd_job_event *ret, qd_error *err);
+qd_err qd_service_watch_next(struct qd_service *svc, const qd_caller *who, const char *job_id,
+                             uint64_t after_seq, int64_t timeout_ms, qd_job_event *ret,
+                             qd_error *err);
 /* Call fn(ctx) (from a worker thread, with no service lock held) whenever job_id gets a new
  * event, until qd_service_unsubscribe. fn must be quick and must not call back into the
  * service. Returns a handle (NULL with *err on failure). */
@@ -315,18 +344,19 @@ void qd_service_count_bytes_out(struct qd_service *svc, uint64_t n);
 
 /* ---- artifacts ------------------------------------------------------------------------------- */
 
-qd_err qd_service_artifact_get(struct qd_service *svc, const char *id, qd_artifact_entry *ret,
-                               qd_error *err);
+qd_err qd_service_artifact_get(struct qd_service *svc, const qd_caller *who, const char *id,
+                               qd_artifact_entry *ret, qd_error *err);
 /* Oldest first; free each entry, then the array. */
-qd_err qd_service_artifact_list(struct qd_service *svc, qd_artifact_entry **ret, size_t *ret_n,
-                                qd_error *err);
+qd_err qd_service_artifact_list(struct qd_service *svc, const qd_caller *who,
+                                qd_artifact_entry **ret, size_t *ret_n, qd_error *err);
 /* QD_ERR_PRECONDITION while a job or a download holds it. */
-qd_err qd_service_artifact_delete(struct qd_service *svc, const char *id, qd_error *err);
+qd_err qd_service_artifact_delete(struct qd_service *svc, const qd_caller *who, const char *id,
+                                  qd_error *err);
 
 /* A download: pins the artifact (no eviction or deletion until closed) and gives its
  * directory. Files are read with plain open/read on dir/name. */
 struct qd_download;
-qd_err qd_service_download_open(struct qd_service *svc, const char *id,
+qd_err qd_service_download_open(struct qd_service *svc, const qd_caller *who, const char *id,
                                 struct qd_download **ret, qd_artifact_entry *ret_art,
                                 char *dir, size_t dir_len, qd_error *err);
 void qd_service_download_close(struct qd_download *dl); /* accepts NULL */

@@ -32,6 +32,14 @@
  * The artifact's file list is written in the same transaction as its row, so a listed
  * artifact always has its manifest; artifacts published under schema 1 get theirs the first
  * time someone asks (qd_store_artifact_files).
+ *
+ * Schema 3 adds one table, owners (kind, id, owner), rather than an owner column per table:
+ * artifacts, bundles and blobs have sets of owners (whoever's job made an artifact or was
+ * answered by it; whoever sent a blob's bytes), and blobs have no table of their own. Rows are
+ * written in the transaction of what they describe (a job's submitter with the job, an
+ * artifact's owners, copied from its job, with the artifact) and go with it (artifact
+ * delete). The migration gives every existing row the owner "", which is what every call
+ * owns while authentication is off; what owners mean is the daemon's business.
  */
 #include "store.h"
 
@@ -128,6 +136,18 @@ static const char *const MIGRATIONS[] = {
     "  sha256 TEXT NOT NULL,"
     "  PRIMARY KEY (artifact_id, idx)"
     ");",
+    /* 2 -> 3: owners. Every row that predates it belongs to the owner "" (auth off). */
+    "CREATE TABLE owners ("
+    "  kind TEXT NOT NULL,"
+    "  id TEXT NOT NULL,"
+    "  owner TEXT NOT NULL,"
+    "  PRIMARY KEY (kind, id, owner)"
+    ") WITHOUT ROWID;"
+    "CREATE INDEX owners_by_owner ON owners(owner, kind, id);"
+    "INSERT OR IGNORE INTO owners(kind, id, owner) SELECT 'job', id, '' FROM jobs;"
+    "INSERT OR IGNORE INTO owners(kind, id, owner) SELECT 'artifact', id, '' FROM artifacts;"
+    "INSERT OR IGNORE INTO owners(kind, id, owner) SELECT 'bundle', digest, '' FROM models;"
+    "INSERT OR IGNORE INTO owners(kind, id, owner) SELECT 'blob', sha256, '' FROM model_files;",
 };
 #define N_MIGRATIONS ((int)(sizeof MIGRATIONS / sizeof MIGRATIONS[0]))
 _Static_assert(N_MIGRATIONS == QD_STORE_SCHEMA_VERSION, "schema version = migration count");
@@ -202,6 +222,20 @@ static qd_err check_key(const struct qd_store_key *k, qd_error *err) {
             return qd_error_set(err, QD_ERR_INVALID_ARG, "numerics_version '%s' has a "
                                 "character that is not printable ASCII", k->numerics_version);
     }
+    return QD_OK;
+}
+
+/* An owner name: printable, shorter than QD_STORE_OWNER_MAX ("" is allowed). */
+static qd_err check_owner(const char *owner, qd_error *err) {
+    if (!owner) return qd_error_set(err, QD_ERR_INVALID_ARG, "owner missing");
+    size_t n = strnlen(owner, QD_STORE_OWNER_MAX);
+    if (n == QD_STORE_OWNER_MAX)
+        return qd_error_set(err, QD_ERR_INVALID_ARG, "owner '%.40s...': longer than %d bytes",
+                            owner, QD_STORE_OWNER_MAX - 1);
+    for (size_t i = 0; i < n; i++)
+        if ((unsigned char)owner[i] < 0x20 || owner[i] == 0x7f)
+            return qd_error_set(err, QD_ERR_INVALID_ARG, "owner '%.40s': a control character "
+                                "at byte %zu", owner, i);
     return QD_OK;
 }
 
@@ -422,6 +456,7 @@ static qd_err clean_orphans(struct qd_store *s, qd_error *err) {
         sqlite3_bind_text(st, 1, gone[i], -1, SQLITE_STATIC);
         if (sqlite3_step(st) != SQLITE_DONE) rc = db_error(s, "delete orphan row", err);
         sqlite3_finalize(st);
+        if (rc == QD_OK) rc = qd_store_owner_remove(s, QD_STORE_OWN_ARTIFACT, gone[i], NULL, err);
         if (rc == QD_OK) s->recovery.n_orphans_removed++;
     }
     free(gone);
@@ -871,6 +906,7 @@ qd_err qd_store_artifact_publish_ex(struct qd_store *s, const struct qd_store_pu
         rc = check_id("job", job_id, err);
         if (rc != QD_OK) return rc;
     }
+    if (p->owner && (rc = check_owner(p->owner, err)) != QD_OK) return rc;
     struct qd_store_artifact a;
     if (qd_store_artifact_lookup(s, key, &a, NULL) == QD_OK)
         return qd_error_set(err, QD_ERR_EXISTS, "publish: the cache key (%s, %s, %s) already "
@@ -931,6 +967,13 @@ qd_err qd_store_artifact_publish_ex(struct qd_store *s, const struct qd_store_pu
     }
     sqlite3_finalize(st);
     if (rc == QD_OK) rc = insert_files(s, a.id, files, n_files, err);
+    if (rc == QD_OK && *job_id)
+        rc = qd_store_owner_copy(s, QD_STORE_OWN_JOB, job_id, QD_STORE_OWN_ARTIFACT, a.id, err);
+    if (rc == QD_OK && *job_id)
+        rc = qd_store_owner_copy(s, QD_STORE_OWN_JOB_JOINED, job_id, QD_STORE_OWN_ARTIFACT,
+                                 a.id, err);
+    if (rc == QD_OK && p->owner)
+        rc = qd_store_owner_add(s, QD_STORE_OWN_ARTIFACT, a.id, p->owner, err);
     if (rc == QD_OK) rc = exec(s, "COMMIT", err);
     if (rc != QD_OK) {
         rollback(s);
@@ -1097,10 +1140,17 @@ qd_err qd_store_artifact_delete(struct qd_store *s, const char *id, qd_error *er
     rc = prepare(s, "DELETE FROM artifacts WHERE id = ?1", &st, err);
     if (rc != QD_OK) return rc;
     sqlite3_bind_text(st, 1, id, -1, SQLITE_STATIC);
-    if (sqlite3_step(st) != SQLITE_DONE) rc = db_error(s, "delete artifact", err);
-    else if (sqlite3_changes(s->db) != 1)
+    rc = exec(s, "BEGIN IMMEDIATE", err);
+    if (rc == QD_OK && sqlite3_step(st) != SQLITE_DONE) rc = db_error(s, "delete artifact", err);
+    else if (rc == QD_OK && sqlite3_changes(s->db) != 1)
         rc = qd_error_set(err, QD_ERR_NOT_FOUND, "artifact %s: not found", id);
     sqlite3_finalize(st);
+    if (rc == QD_OK) rc = qd_store_owner_remove(s, QD_STORE_OWN_ARTIFACT, id, NULL, err);
+    if (rc == QD_OK) rc = exec(s, "COMMIT", err);
+    if (rc != QD_OK) {
+        rollback(s);
+        return rc;
+    }
     char dir[PATH_MAX];
     if (rc == QD_OK) rc = qd_store_artifact_dir(s, id, dir, sizeof dir, err);
     if (rc == QD_OK) rc = qd_remove_tree(dir, err);
@@ -1234,6 +1284,7 @@ qd_err qd_store_job_add_ex(struct qd_store *s, const struct qd_store_job_new *nj
     if (rc == QD_OK && !nj->spec_json)
         rc = qd_error_set(err, QD_ERR_INVALID_ARG, "job: spec_json missing");
     if (rc == QD_OK && nj->cache_hit) rc = check_id("artifact", nj->artifact_id, err);
+    if (rc == QD_OK && nj->owner) rc = check_owner(nj->owner, err);
     if (rc == QD_OK) rc = new_id(j.id, err);
     sqlite3_stmt *st;
     if (rc == QD_OK)
@@ -1263,9 +1314,17 @@ qd_err qd_store_job_add_ex(struct qd_store *s, const struct qd_store_job_new *nj
     sqlite3_bind_int(st, 10, nj->cache_hit ? 1 : 0);
     sqlite3_bind_text(st, 11, j.artifact_id, -1, SQLITE_STATIC);
     sqlite3_bind_int64(st, 12, j.started_ms);
-    if (sqlite3_step(st) != SQLITE_DONE) rc = db_error(s, "insert job", err);
+    rc = exec(s, "BEGIN IMMEDIATE", err);
+    if (rc == QD_OK && sqlite3_step(st) != SQLITE_DONE) rc = db_error(s, "insert job", err);
     sqlite3_finalize(st);
-    if (rc == QD_OK && ret_job) *ret_job = j;
+    if (rc == QD_OK)
+        rc = qd_store_owner_add(s, QD_STORE_OWN_JOB, j.id, nj->owner ? nj->owner : "", err);
+    if (rc == QD_OK) rc = exec(s, "COMMIT", err);
+    if (rc != QD_OK) {
+        rollback(s);
+        return rc;
+    }
+    if (ret_job) *ret_job = j;
     return rc;
 }
 
@@ -1445,6 +1504,22 @@ qd_err qd_store_job_requeue(struct qd_store *s, const char *id, qd_error *err) {
 qd_err qd_store_job_query(struct qd_store *s, unsigned state_mask, const char *model_digest,
                           const char *after_id, size_t limit, struct qd_store_job **ret_jobs,
                           size_t *ret_n, bool *ret_more, qd_error *err) {
+    return qd_store_job_query_owned(s, NULL, state_mask, model_digest, after_id, limit, ret_jobs,
+                                    ret_n, ret_more, err);
+}
+
+/* The jobs an owner may see (?N holds the owner, or NULL for all). */
+#define JOB_SEEN(n) "(?" #n " IS NULL OR id IN (SELECT id FROM owners WHERE owner = ?" #n \
+                    " AND kind IN ('job', 'job-joined')))"
+
+qd_err qd_store_job_query_owned(struct qd_store *s, const char *owner, unsigned state_mask,
+                                const char *model_digest, const char *after_id, size_t limit,
+                                struct qd_store_job **ret_jobs, size_t *ret_n, bool *ret_more,
+                                qd_error *err) {
+    if (owner) {
+        qd_err orc = check_owner(owner, err);
+        if (orc != QD_OK) return orc;
+    }
     if (limit == 0 || limit > 100000)
         return qd_error_set(err, QD_ERR_INVALID_ARG, "job list: limit %zu out of range 1..100000",
                             limit);
@@ -1456,10 +1531,13 @@ qd_err qd_store_job_query(struct qd_store *s, unsigned state_mask, const char *m
     qd_err rc = QD_OK;
     if (after_id) {
         rc = check_id("job", after_id, err);
-        if (rc == QD_OK) rc = prepare(s, "SELECT created_ms, rowid FROM jobs WHERE id = ?1", &st,
-                                      err);
+        if (rc == QD_OK)
+            rc = prepare(s, "SELECT created_ms, rowid FROM jobs WHERE id = ?1 AND " JOB_SEEN(2),
+                         &st, err);
         if (rc != QD_OK) return rc;
         sqlite3_bind_text(st, 1, after_id, -1, SQLITE_STATIC);
+        if (owner) sqlite3_bind_text(st, 2, owner, -1, SQLITE_STATIC);
+        else sqlite3_bind_null(st, 2);
         int r = sqlite3_step(st);
         if (r == SQLITE_ROW) {
             after_created = sqlite3_column_int64(st, 0);
@@ -1477,6 +1555,7 @@ qd_err qd_store_job_query(struct qd_store *s, unsigned state_mask, const char *m
                     "WHERE (?6 IS NULL OR model_digest = ?6) "
                     "AND (?9 = 0 OR state IN (?1, ?2, ?3, ?4, ?5)) "
                     "AND (created_ms < ?7 OR (created_ms = ?7 AND rowid < ?8)) "
+                    "AND " JOB_SEEN(11) " "
                     "ORDER BY created_ms DESC, rowid DESC LIMIT ?10", &st, err);
     if (rc != QD_OK) return rc;
     for (int i = 0; i < QD_STORE_JOB_COUNT; i++) {
@@ -1491,6 +1570,8 @@ qd_err qd_store_job_query(struct qd_store *s, unsigned state_mask, const char *m
     sqlite3_bind_int64(st, 8, after_rowid);
     sqlite3_bind_int(st, 9, state_mask ? 1 : 0);
     sqlite3_bind_int64(st, 10, (int64_t)limit + 1); /* one more tells whether more follow */
+    if (owner) sqlite3_bind_text(st, 11, owner, -1, SQLITE_STATIC);
+    else sqlite3_bind_null(st, 11);
     struct qd_store_job *jobs = NULL;
     size_t n = 0;
     bool more = false;
@@ -1516,4 +1597,138 @@ qd_err qd_store_job_query(struct qd_store *s, unsigned state_mask, const char *m
     *ret_n = n;
     if (ret_more) *ret_more = more;
     return QD_OK;
+}
+
+/* ---- owners ------------------------------------------------------------------------------ */
+
+static const char *const OWNER_KINDS[QD_STORE_OWN_COUNT] = {
+    [QD_STORE_OWN_JOB] = "job",           [QD_STORE_OWN_JOB_JOINED] = "job-joined",
+    [QD_STORE_OWN_ARTIFACT] = "artifact", [QD_STORE_OWN_BUNDLE] = "bundle",
+    [QD_STORE_OWN_BLOB] = "blob",         [QD_STORE_OWN_PART] = "part",
+};
+
+const char *qd_store_owner_kind_name(enum qd_store_owner_kind kind) {
+    return (unsigned)kind < QD_STORE_OWN_COUNT ? OWNER_KINDS[kind] : NULL;
+}
+
+/* The kind and the id of an owner row: ids are job/artifact ids or sha256s, so at most 64
+ * lowercase hex chars. */
+static qd_err check_owned(enum qd_store_owner_kind kind, const char *id, qd_error *err) {
+    if ((unsigned)kind >= QD_STORE_OWN_COUNT)
+        return qd_error_set(err, QD_ERR_INVALID_ARG, "owner kind %d out of range", (int)kind);
+    size_t n = id ? strnlen(id, QD_STORE_HEX_LEN + 1) : 0;
+    bool ok = n > 0 && n <= QD_STORE_HEX_LEN;
+    for (size_t i = 0; ok && i < n; i++)
+        ok = (id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f');
+    if (!ok)
+        return qd_error_set(err, QD_ERR_INVALID_ARG, "%s id '%.80s': not an id or a digest",
+                            OWNER_KINDS[kind], id ? id : "(null)");
+    return QD_OK;
+}
+
+/* Prepare sql and bind ?1 kind, ?2 id and ?3 owner (NULL binds NULL). */
+static qd_err owner_stmt(struct qd_store *s, const char *sql, enum qd_store_owner_kind kind,
+                         const char *id, const char *owner, bool owner_null_ok,
+                         sqlite3_stmt **ret, qd_error *err) {
+    qd_err rc = check_owned(kind, id, err);
+    if (rc == QD_OK && (owner || !owner_null_ok)) rc = check_owner(owner, err);
+    if (rc == QD_OK) rc = prepare(s, sql, ret, err);
+    if (rc != QD_OK) return rc;
+    sqlite3_bind_text(*ret, 1, OWNER_KINDS[kind], -1, SQLITE_STATIC);
+    sqlite3_bind_text(*ret, 2, id, -1, SQLITE_STATIC);
+    /* A statement without ?3 (a list) ignores the binding. */
+    if (owner) sqlite3_bind_text(*ret, 3, owner, -1, SQLITE_STATIC);
+    else if (sqlite3_bind_parameter_count(*ret) >= 3) sqlite3_bind_null(*ret, 3);
+    return QD_OK;
+}
+
+qd_err qd_store_owner_add(struct qd_store *s, enum qd_store_owner_kind kind, const char *id,
+                          const char *owner, qd_error *err) {
+    sqlite3_stmt *st;
+    qd_err rc = owner_stmt(s, "INSERT OR IGNORE INTO owners(kind, id, owner) VALUES (?1, ?2, ?3)",
+                           kind, id, owner, false, &st, err);
+    if (rc != QD_OK) return rc;
+    if (sqlite3_step(st) != SQLITE_DONE) rc = db_error(s, "add owner", err);
+    sqlite3_finalize(st);
+    return rc;
+}
+
+qd_err qd_store_owner_has(struct qd_store *s, enum qd_store_owner_kind kind, const char *id,
+                          const char *owner, bool *ret, qd_error *err) {
+    sqlite3_stmt *st;
+    qd_err rc = owner_stmt(s, "SELECT 1 FROM owners WHERE kind = ?1 AND id = ?2 AND owner = ?3",
+                           kind, id, owner, false, &st, err);
+    if (rc != QD_OK) return rc;
+    int r = sqlite3_step(st);
+    if (r == SQLITE_ROW || r == SQLITE_DONE) *ret = r == SQLITE_ROW;
+    else rc = db_error(s, "look up owner", err);
+    sqlite3_finalize(st);
+    return rc;
+}
+
+void qd_store_owners_free(char **owners, size_t n) {
+    if (!owners) return;
+    for (size_t i = 0; i < n; i++) free(owners[i]);
+    free(owners);
+}
+
+qd_err qd_store_owner_list(struct qd_store *s, enum qd_store_owner_kind kind, const char *id,
+                           char ***ret_owners, size_t *ret_n, qd_error *err) {
+    sqlite3_stmt *st;
+    qd_err rc = owner_stmt(s, "SELECT owner FROM owners WHERE kind = ?1 AND id = ?2 ORDER BY owner",
+                           kind, id, NULL, true, &st, err);
+    if (rc != QD_OK) return rc;
+    char **out = NULL;
+    size_t n = 0;
+    int r;
+    while ((r = sqlite3_step(st)) == SQLITE_ROW) {
+        void *p = realloc(out, (n + 1) * sizeof *out);
+        if (!p) break;
+        out = p;
+        const char *o = (const char *)sqlite3_column_text(st, 0);
+        if (!(out[n] = strdup(o ? o : ""))) break;
+        n++;
+    }
+    if (r == SQLITE_ROW) rc = qd_error_set(err, QD_ERR_NOMEM, "%s %s: owners: out of memory",
+                                           OWNER_KINDS[kind], id);
+    else if (r != SQLITE_DONE) rc = db_error(s, "list owners", err);
+    sqlite3_finalize(st);
+    if (rc != QD_OK) {
+        qd_store_owners_free(out, n);
+        return rc;
+    }
+    *ret_owners = out;
+    *ret_n = n;
+    return QD_OK;
+}
+
+qd_err qd_store_owner_remove(struct qd_store *s, enum qd_store_owner_kind kind, const char *id,
+                             const char *owner, qd_error *err) {
+    sqlite3_stmt *st;
+    qd_err rc = owner_stmt(s, "DELETE FROM owners WHERE kind = ?1 AND id = ?2 "
+                              "AND (?3 IS NULL OR owner = ?3)",
+                           kind, id, owner, true, &st, err);
+    if (rc != QD_OK) return rc;
+    if (sqlite3_step(st) != SQLITE_DONE) rc = db_error(s, "remove owner", err);
+    sqlite3_finalize(st);
+    return rc;
+}
+
+qd_err qd_store_owner_copy(struct qd_store *s, enum qd_store_owner_kind from_kind,
+                           const char *from_id, enum qd_store_owner_kind to_kind,
+                           const char *to_id, qd_error *err) {
+    qd_err rc = check_owned(from_kind, from_id, err);
+    if (rc == QD_OK) rc = check_owned(to_kind, to_id, err);
+    sqlite3_stmt *st;
+    if (rc == QD_OK)
+        rc = prepare(s, "INSERT OR IGNORE INTO owners(kind, id, owner) "
+                        "SELECT ?3, ?4, owner FROM owners WHERE kind = ?1 AND id = ?2", &st, err);
+    if (rc != QD_OK) return rc;
+    sqlite3_bind_text(st, 1, OWNER_KINDS[from_kind], -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 2, from_id, -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 3, OWNER_KINDS[to_kind], -1, SQLITE_STATIC);
+    sqlite3_bind_text(st, 4, to_id, -1, SQLITE_STATIC);
+    if (sqlite3_step(st) != SQLITE_DONE) rc = db_error(s, "copy owners", err);
+    sqlite3_finalize(st);
+    return rc;
 }

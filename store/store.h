@@ -37,6 +37,8 @@
  *   2  models.kind; jobs.{spec_json, model_path, label, error_code, cache_hit}: what a job
  *      needs to run again after a restart and to be shown; artifacts.spec_json; the
  *      artifact_files table (each artifact file's name, size and sha256, computed once)
+ *   3  owners: who may see each job, artifact, bundle and blob (see "owners" below); rows
+ *      that predate it get the owner "" (the owner of every call while auth is off)
  */
 #ifndef QD_STORE_H
 #define QD_STORE_H
@@ -51,7 +53,8 @@
 #define QD_STORE_ID_LEN 32            /* artifact and job ids: 16 random bytes in hex */
 #define QD_STORE_VERSION_MAX 64       /* numerics version, with its NUL */
 #define QD_STORE_FORMAT_MAX 48        /* artifact format registry name, with its NUL */
-#define QD_STORE_SCHEMA_VERSION 2     /* PRAGMA user_version this code writes */
+#define QD_STORE_SCHEMA_VERSION 3     /* PRAGMA user_version this code writes */
+#define QD_STORE_OWNER_MAX 128        /* longest owner name, with its NUL */
 
 struct qd_store;
 
@@ -185,7 +188,8 @@ qd_err qd_store_artifact_publish(struct qd_store *s, const char *staging_dir,
  * the store hashes the directory itself (under the caller's lock: slow for big artifacts, so
  * the daemon hashes before it takes the lock). A given list must name exactly the regular
  * files of staging_dir with their sizes (QD_ERR_INVALID_ARG otherwise); the sha256s are
- * trusted. */
+ * trusted. Schema 3: every owner of the job (submitter and joiners) and p->owner become
+ * owners of the artifact, in the row's transaction. */
 struct qd_store_publish {
     const char *staging_dir;
     const struct qd_store_key *key;
@@ -194,6 +198,7 @@ struct qd_store_publish {
     const char *spec_json;               /* NULL or "" if none */
     const struct qd_store_file *files;   /* NULL: hash staging_dir */
     size_t n_files;
+    const char *owner;                   /* schema 3: an owner besides the job's (NULL: none) */
 };
 qd_err qd_store_artifact_publish_ex(struct qd_store *s, const struct qd_store_publish *p,
                                     struct qd_store_artifact *ret_art, qd_error *err);
@@ -221,8 +226,8 @@ qd_err qd_store_artifact_dir(struct qd_store *s, const char *id, char *buf, size
 /* Every artifact, oldest first; free(*ret_arts). */
 qd_err qd_store_artifact_list(struct qd_store *s, struct qd_store_artifact **ret_arts,
                               size_t *ret_n, qd_error *err);
-/* Delete an artifact (QD_ERR_PRECONDITION while pinned). The row goes first, so a crash
- * midway leaves only an orphan directory, which the next open removes. */
+/* Delete an artifact (QD_ERR_PRECONDITION while pinned), with its owner rows. The row goes
+ * first, so a crash midway leaves only an orphan directory, which the next open removes. */
 qd_err qd_store_artifact_delete(struct qd_store *s, const char *id, qd_error *err);
 /* Hold an artifact against eviction and deletion (counted); pin also sets last_used. */
 qd_err qd_store_artifact_pin(struct qd_store *s, const char *id, qd_error *err);
@@ -305,6 +310,8 @@ struct qd_store_job_new {
     const char *label;
     bool cache_hit;
     const char *artifact_id;
+    const char *owner;                   /* schema 3: the submitter (NULL = ""), recorded in
+                                            the row's transaction */
 };
 qd_err qd_store_job_add_ex(struct qd_store *s, const struct qd_store_job_new *nj,
                            struct qd_store_job *ret_job, qd_error *err);
@@ -333,5 +340,46 @@ qd_err qd_store_job_requeue(struct qd_store *s, const char *id, qd_error *err);
 qd_err qd_store_job_query(struct qd_store *s, unsigned state_mask, const char *model_digest,
                           const char *after_id, size_t limit, struct qd_store_job **ret_jobs,
                           size_t *ret_n, bool *ret_more, qd_error *err);
+
+/* qd_store_job_query restricted to the jobs owner may see: those it submitted or joined
+ * (owner NULL: every job). An after_id it may not see is QD_ERR_NOT_FOUND, as a missing one. */
+qd_err qd_store_job_query_owned(struct qd_store *s, const char *owner, unsigned state_mask,
+                                const char *model_digest, const char *after_id, size_t limit,
+                                struct qd_store_job **ret_jobs, size_t *ret_n, bool *ret_more,
+                                qd_error *err);
+
+/* ---- owners (schema 3) -------------------------------------------------------------------
+ * Rows (kind, id, owner): the store records and answers, the daemon decides what they mean
+ * (service.c). An owner is any printable text of at most QD_STORE_OWNER_MAX - 1 bytes; ""
+ * is the owner of every call while authentication is off, and of every row that predates
+ * schema 3. Adding a row twice is not an error. */
+enum qd_store_owner_kind {
+    QD_STORE_OWN_JOB,        /* job id: who submitted it (one) */
+    QD_STORE_OWN_JOB_JOINED, /* job id: who joined it (a Quantize answered JOINED) */
+    QD_STORE_OWN_ARTIFACT,   /* artifact id: whose jobs made it or were answered by it */
+    QD_STORE_OWN_BUNDLE,     /* manifest digest: who registered it (PutModel) */
+    QD_STORE_OWN_BLOB,       /* sha256: who sent the blob's bytes, or proved it knows them */
+    QD_STORE_OWN_PART,       /* sha256: who wrote every byte of the upload in progress */
+    QD_STORE_OWN_COUNT
+};
+
+/* "job", "job-joined", "artifact", "bundle", "blob", "part"; NULL out of range. */
+const char *qd_store_owner_kind_name(enum qd_store_owner_kind kind);
+qd_err qd_store_owner_add(struct qd_store *s, enum qd_store_owner_kind kind, const char *id,
+                          const char *owner, qd_error *err);
+/* Whether (kind, id, owner) is recorded. */
+qd_err qd_store_owner_has(struct qd_store *s, enum qd_store_owner_kind kind, const char *id,
+                          const char *owner, bool *ret, qd_error *err);
+/* The owners of (kind, id), sorted; free with qd_store_owners_free. None is *ret_n == 0. */
+qd_err qd_store_owner_list(struct qd_store *s, enum qd_store_owner_kind kind, const char *id,
+                           char ***ret_owners, size_t *ret_n, qd_error *err);
+void qd_store_owners_free(char **owners, size_t n); /* accepts NULL */
+/* Remove owner's row of (kind, id); owner NULL: every owner's. Nothing to remove is OK. */
+qd_err qd_store_owner_remove(struct qd_store *s, enum qd_store_owner_kind kind, const char *id,
+                             const char *owner, qd_error *err);
+/* Make every owner of (from_kind, from_id) an owner of (to_kind, to_id). */
+qd_err qd_store_owner_copy(struct qd_store *s, enum qd_store_owner_kind from_kind,
+                           const char *from_id, enum qd_store_owner_kind to_kind,
+                           const char *to_id, qd_error *err);
 
 #endif /* QD_STORE_H */

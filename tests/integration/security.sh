@@ -3,7 +3,8 @@
 # quantctl: TLS and mutual TLS with certificates made here by the openssl program (a test CA,
 # a server certificate for 127.0.0.1/localhost, a client certificate, and a foreign CA with
 # its own client certificate), bearer tokens and their roles, server-side model paths outside
-# the model roots, the refusal of plaintext on a network address, and SIGHUPs that swap the
+# the model roots, the refusal of plaintext on a network address, owners (one token cannot
+# see or fetch another's jobs and artifacts; an admin sees all), and SIGHUPs that swap the
 # token file and the certificate (keeping the old ones when the new ones are invalid). The
 # daemon must keep serving through every refusal. Skipped (77) without the openssl program.
 . "$QD_SOURCE_DIR/tests/integration/service-lib.sh"
@@ -56,6 +57,9 @@ t_read="read-token-$$-a1"
 t_submit="submit-token-$$-b2"
 t_admin="admin-token-$$-c3"
 t_later="later-token-$$-d4"
+t_alice="alice-token-$$-e5"
+t_bob="bob-token-$$-f6"
+t_carol="carol-token-$$-g7"
 printf '# quantd tokens\n\nadmin:%s:ops\n' "$(hash_of "$t_admin")" >"$tmp/tokens"
 
 # Model roots: the examples, and a root of our own holding a link that leads out of it.
@@ -94,7 +98,9 @@ st=$?
 # ---- server 1: TLS (no client certificates), tokens -------------------------------------------
 write_config "tls: {cert: $pki/server.pem, key: $pki/server.key}
 auth:
-  tokens: [\"read:$(hash_of "$t_read"):reader\", \"submit:$(hash_of "$t_submit")\"]
+  tokens: [\"read:$(hash_of "$t_read"):reader\", \"submit:$(hash_of "$t_submit")\",
+           \"submit:$(hash_of "$t_alice"):alice\", \"submit:$(hash_of "$t_bob"):bob\",
+           \"read:$(hash_of "$t_carol"):carol\"]
   token_file: $tmp/tokens"
 start_server "$tmp/d1" || exit 1
 TLS="--tls-ca $pki/ca.pem"
@@ -159,6 +165,60 @@ expect "paths: ROOT/../outside -> PERMISSION_DENIED" 3 PERMISSION_DENIED \
     $QC $TLS --token "$t_submit" quantize --server-path "$tmp/root/../outside/model" $rtn
 expect "paths: a link in a root leading out -> PERMISSION_DENIED" 3 PERMISSION_DENIED \
     $QC $TLS --token "$t_submit" quantize --server-path "$tmp/root/escape" $rtn
+
+# ---- owners: each token sees its own jobs and artifacts, an admin sees all -----------------------
+rtn16="--method rtn --format awq --bits 4 --group-size 16 --no-fetch"
+$QC $TLS --token "$t_alice" --json quantize --server-path "$model" $rtn16 \
+    >"$tmp/qa.json" 2>"$tmp/qa.err"
+st=$?
+art_a=$(json_get "$tmp/qa.json" artifact_id)
+job_a=$(json_get "$tmp/qa.json" job_id)
+[ $st -eq 0 ] && [ -n "$art_a" ] && [ -n "$job_a" ] &&
+    ok "owners: alice quantizes (job $job_a, artifact $art_a)" ||
+    bad "owners: alice quantize: exit $st" "$tmp/qa.json" "$tmp/qa.err"
+grep -q "job $job_a: queued (.*owner alice)" "$log" &&
+    ok "owners: the queued line names the owner" || bad "owners: no owner on the queued line" "$log"
+expect "owners: alice sees her job" 0 "" $QC $TLS --token "$t_alice" status "${job_a:-none}"
+expect "owners: bob GetJob on alice's job -> NOT_FOUND" 3 NOT_FOUND \
+    $QC $TLS --token "$t_bob" status "${job_a:-none}"
+grep -q "job ${job_a:-none}: not found" "$tmp/o" ||
+    bad "owners: bob's refusal reads as a missing job" "$tmp/o"
+expect "owners: bob CancelJob on alice's job -> NOT_FOUND" 3 NOT_FOUND \
+    $QC $TLS --token "$t_bob" cancel "${job_a:-none}"
+expect "owners: bob GetArtifact on alice's artifact -> NOT_FOUND" 3 NOT_FOUND \
+    $QC $TLS --token "$t_bob" fetch "${art_a:-none}" -o "$tmp/bob-fetch"
+grep -q "artifact ${art_a:-none}: not found" "$tmp/o" ||
+    bad "owners: bob's fetch refusal reads as a missing artifact" "$tmp/o"
+[ -e "$tmp/bob-fetch" ] && [ -n "$(ls -A "$tmp/bob-fetch" 2>/dev/null)" ] &&
+    bad "owners: bob's refused fetch wrote files" "$tmp/o"
+# listings: only one's own (the id must not appear in anyone else's)
+listed() { # listed TOKEN WHAT ID: whether ID is in TOKEN's `ls WHAT`
+    $QC $TLS --token "$1" --json ls "$2" >"$tmp/ls.out" 2>&1 || return 2
+    grep -q "$3" "$tmp/ls.out"
+}
+listed "$t_alice" artifacts "${art_a:-none}" && ok "owners: alice's ls lists her artifact" ||
+    bad "owners: alice's ls lacks her artifact" "$tmp/ls.out"
+listed "$t_bob" artifacts "${art_a:-none}"
+[ $? -eq 1 ] && ok "owners: bob's ls does not list alice's artifact" ||
+    bad "owners: bob's ls lists alice's artifact (or failed)" "$tmp/ls.out"
+listed "$t_bob" jobs "${job_a:-none}"
+[ $? -eq 1 ] && ok "owners: bob's ls jobs does not list alice's job" ||
+    bad "owners: bob's ls jobs lists alice's job (or failed)" "$tmp/ls.out"
+listed "$t_carol" artifacts "${art_a:-none}"
+[ $? -eq 1 ] && ok "owners: carol (read, nothing of her own) does not see it" ||
+    bad "owners: carol's ls lists alice's artifact (or failed)" "$tmp/ls.out"
+listed "$t_carol" jobs "${job_a:-none}"
+[ $? -eq 1 ] && ok "owners: carol's ls jobs does not list alice's job" ||
+    bad "owners: carol's ls jobs lists alice's job (or failed)" "$tmp/ls.out"
+expect "owners: carol GetJob on alice's job -> NOT_FOUND" 3 NOT_FOUND \
+    $QC $TLS --token "$t_carol" status "${job_a:-none}"
+listed "$t_admin" artifacts "${art_a:-none}" && ok "owners: the admin's ls lists it" ||
+    bad "owners: the admin's ls lacks alice's artifact" "$tmp/ls.out"
+listed "$t_admin" jobs "${job_a:-none}" && ok "owners: the admin's ls jobs lists alice's job" ||
+    bad "owners: the admin's ls jobs lacks alice's job" "$tmp/ls.out"
+expect "owners: the admin fetches alice's artifact" 0 "" \
+    $QC $TLS --token "$t_admin" fetch "${art_a:-none}" -o "$tmp/admin-fetch"
+expect "owners: still SERVING after the refusals" 0 SERVING $QC $TLS health
 
 # ---- SIGHUP: a bad token file keeps the old tokens, a good one replaces them --------------------
 printf 'admin:not-a-hash\n' >"$tmp/tokens"

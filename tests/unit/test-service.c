@@ -4,7 +4,9 @@
  * byte, what `quantd quantize ... -o OUT` writes (done here with the same calls), the cache
  * (CACHE_HIT) and joining (JOINED), cancelling a queued and a running job, requests by
  * server-side path under model_roots, the default calibration set, events in order ending in
- * DONE, and a close/reopen with jobs queued and running that run again.
+ * DONE, a close/reopen with jobs queued and running that run again, and owners: two callers
+ * see only their own jobs, artifacts and bundles, a digest quoted without the bytes buys
+ * nothing, bytes sent again (and checked) do, and admin or no authentication sees all.
  *
  * Each test uses a fresh data directory. Jobs are kept small (AWQ on 8 x 32 tokens); the one
  * job meant to be slow (so that others queue behind it) is cancelled at a layer boundary.
@@ -100,15 +102,16 @@ static const char *const MODEL_FILES[] = {"LICENSE", "SOURCE.md", "config.json",
                                           "model.safetensors", "tokenizer.bin"};
 #define N_MODEL_FILES (sizeof MODEL_FILES / sizeof MODEL_FILES[0])
 
-/* Upload the named files of dir as one bundle, in chunks of at most 256 KiB. */
-static int upload(struct qd_service *svc, const char *dir, const char *const *names, size_t n,
-                  qd_bundle_kind kind, char digest[QD_STORE_HEX_LEN + 1]) {
+/* Upload the named files of dir as one bundle, as caller who, in chunks of at most 256 KiB. */
+static int upload_as(struct qd_service *svc, const qd_caller *who, const char *dir,
+                     const char *const *names, size_t n, qd_bundle_kind kind,
+                     char digest[QD_STORE_HEX_LEN + 1]) {
     struct qd_store_file *files = NULL;
     if (manifest_of(dir, names, n, &files) != 0) return -1;
     qd_error err = {0};
     struct qd_upload *up = NULL;
     qd_bundle_status st = {0};
-    int rc = qd_service_upload_begin(svc, kind, files, n, NULL, &up, &err) == QD_OK &&
+    int rc = qd_service_upload_begin(svc, who, kind, files, n, NULL, &up, &err) == QD_OK &&
                      qd_service_upload_status(up, &st, &err) == QD_OK
                  ? 0
                  : -1;
@@ -143,6 +146,11 @@ static int upload(struct qd_service *svc, const char *dir, const char *const *na
     qd_service_upload_end(up);
     qd_store_files_free(files, n);
     return rc;
+}
+
+static int upload(struct qd_service *svc, const char *dir, const char *const *names, size_t n,
+                  qd_bundle_kind kind, char digest[QD_STORE_HEX_LEN + 1]) {
+    return upload_as(svc, NULL, dir, names, n, kind, digest);
 }
 
 static int upload_model(struct qd_service *svc, char digest[QD_STORE_HEX_LEN + 1]) {
@@ -189,7 +197,7 @@ static size_t watch_all(struct qd_service *svc, const char *id, qd_job_event *ev
     for (int waited = 0; n < cap && waited < 600;) {
         qd_job_event ev;
         qd_error err = {0};
-        qd_err rc = qd_service_watch_next(svc, id, after, 500, &ev, &err);
+        qd_err rc = qd_service_watch_next(svc, NULL, id, after, 500, &ev, &err);
         if (rc == QD_ERR_DEADLINE) {
             waited++;
             continue;
@@ -211,7 +219,7 @@ static bool wait_event(struct qd_service *svc, const char *id, qd_job_event_kind
     for (int waited = 0; waited < 600;) {
         qd_job_event ev;
         qd_error err = {0};
-        qd_err rc = qd_service_watch_next(svc, id, after, 500, &ev, &err);
+        qd_err rc = qd_service_watch_next(svc, NULL, id, after, 500, &ev, &err);
         if (rc == QD_ERR_DEADLINE) {
             waited++;
             continue;
@@ -299,7 +307,7 @@ static void check_matches_reference(struct qd_service *svc, const char *artifact
     qd_error err = {0};
     struct qd_download *dl = NULL;
     qd_artifact_entry e = {0};
-    QD_CHECK_OK(qd_service_download_open(svc, artifact_id, &dl, &e, dir, sizeof dir, &err),
+    QD_CHECK_OK(qd_service_download_open(svc, NULL, artifact_id, &dl, &e, dir, sizeof dir, &err),
                 &err);
     QD_REQUIRE(dl);
     QD_CHECK_EQ_INT(e.n_files, count_files(ref));
@@ -322,7 +330,8 @@ static void check_matches_reference(struct qd_service *svc, const char *artifact
     QD_CHECK_EQ_INT(e.format, spec->format);
     QD_CHECK_EQ_INT(e.spec.method, spec->method);
     /* Pinned by the download: it cannot be deleted now. */
-    QD_CHECK_EQ_INT(qd_service_artifact_delete(svc, artifact_id, &err), QD_ERR_PRECONDITION);
+    QD_CHECK_EQ_INT(qd_service_artifact_delete(svc, NULL, artifact_id, &err),
+                    QD_ERR_PRECONDITION);
     qd_error_clear(&err);
     qd_service_download_close(dl);
     qd_artifact_entry_free(&e);
@@ -354,11 +363,11 @@ QD_TEST(uploads_resume_and_refuse) {
 
     /* Unknown digest; a manifest is always answered. */
     qd_bundle_status st = {0};
-    QD_CHECK_EQ_INT(qd_service_bundle_stat(svc, "0123456789abcdef0123456789abcdef0123456789ab"
+    QD_CHECK_EQ_INT(qd_service_bundle_stat(svc, NULL, "0123456789abcdef0123456789abcdef0123456789ab"
                                                 "cdef0123456789abcdef", NULL, 0, &st, &err),
                     QD_ERR_NOT_FOUND);
     qd_error_clear(&err);
-    QD_CHECK_OK(qd_service_bundle_stat(svc, NULL, files, N_MODEL_FILES, &st, &err), &err);
+    QD_CHECK_OK(qd_service_bundle_stat(svc, NULL, NULL, files, N_MODEL_FILES, &st, &err), &err);
     QD_CHECK_EQ_INT(st.kind, QD_BUNDLE_UNSPECIFIED);
     QD_CHECK(!st.complete);
     QD_CHECK_EQ_INT(st.held_bytes, 0);
@@ -366,14 +375,14 @@ QD_TEST(uploads_resume_and_refuse) {
 
     /* First stream: 100 bytes of config.json, then it ends. */
     struct qd_upload *up = NULL;
-    QD_CHECK_OK(qd_service_upload_begin(svc, QD_BUNDLE_MODEL, files, N_MODEL_FILES, NULL, &up,
+    QD_CHECK_OK(qd_service_upload_begin(svc, NULL, QD_BUNDLE_MODEL, files, N_MODEL_FILES, NULL, &up,
                                         &err), &err);
     QD_REQUIRE(up);
     QD_CHECK_OK(qd_service_upload_chunk(up, -1, "config.json", 0, text, 100, &err), &err);
     /* A second stream on the same file meanwhile is refused. */
     struct qd_upload *up2 = NULL;
-    QD_CHECK_OK(qd_service_upload_begin(svc, QD_BUNDLE_MODEL, files, N_MODEL_FILES, NULL, &up2,
-                                        &err), &err);
+    QD_CHECK_OK(qd_service_upload_begin(svc, NULL, QD_BUNDLE_MODEL, files, N_MODEL_FILES, NULL,
+                                        &up2, &err), &err);
     QD_CHECK_EQ_INT(qd_service_upload_chunk(up2, (int64_t)cfg_i, NULL, 100, text + 100, 10,
                                             &err), QD_ERR_PRECONDITION);
     QD_CHECK_MSG(strstr(err.msg, "config.json"), "message: %s", err.msg);
@@ -382,7 +391,7 @@ QD_TEST(uploads_resume_and_refuse) {
     qd_service_upload_end(up);
 
     /* The status holds the durable prefix; resuming elsewhere is refused, naming both. */
-    QD_CHECK_OK(qd_service_upload_begin(svc, QD_BUNDLE_MODEL, files, N_MODEL_FILES, NULL, &up,
+    QD_CHECK_OK(qd_service_upload_begin(svc, NULL, QD_BUNDLE_MODEL, files, N_MODEL_FILES, NULL, &up,
                                         &err), &err);
     QD_CHECK_OK(qd_service_upload_status(up, &st, &err), &err);
     QD_CHECK_EQ_INT(st.files[cfg_i].held_bytes, 100);
@@ -418,7 +427,8 @@ QD_TEST(uploads_resume_and_refuse) {
     struct qd_store_file bad = files[cfg_i];
     memcpy(bad.sha256, files[0].sha256, sizeof bad.sha256); /* LICENSE's */
     bad.size = text_len;
-    QD_CHECK_OK(qd_service_upload_begin(svc, QD_BUNDLE_MODEL, &bad, 1, NULL, &up, &err), &err);
+    QD_CHECK_OK(qd_service_upload_begin(svc, NULL, QD_BUNDLE_MODEL, &bad, 1, NULL, &up, &err),
+                &err);
     QD_CHECK_EQ_INT(qd_service_upload_chunk(up, 0, NULL, 0, text, text_len, &err),
                     QD_ERR_CORRUPT);
     QD_CHECK_MSG(strstr(err.msg, "config.json"), "message: %s", err.msg);
@@ -433,27 +443,27 @@ QD_TEST(uploads_resume_and_refuse) {
     for (size_t i = 0; i < sizeof bad_names / sizeof bad_names[0]; i++) {
         struct qd_store_file f = files[cfg_i];
         f.name = (char *)bad_names[i];
-        QD_CHECK_EQ_INT(qd_service_upload_begin(svc, QD_BUNDLE_MODEL, &f, 1, NULL, &up, &err),
+        QD_CHECK_EQ_INT(qd_service_upload_begin(svc, NULL, QD_BUNDLE_MODEL, &f, 1, NULL, &up, &err),
                         QD_ERR_INVALID_ARG);
         QD_CHECK_MSG(strstr(err.msg, "files[0].name"), "'%s': %s", bad_names[i], err.msg);
         qd_error_clear(&err);
     }
-    QD_CHECK_EQ_INT(qd_service_upload_begin(svc, QD_BUNDLE_UNSPECIFIED, files, N_MODEL_FILES,
+    QD_CHECK_EQ_INT(qd_service_upload_begin(svc, NULL, QD_BUNDLE_UNSPECIFIED, files, N_MODEL_FILES,
                                             NULL, &up, &err), QD_ERR_INVALID_ARG);
     qd_error_clear(&err);
-    QD_CHECK_EQ_INT(qd_service_upload_begin(svc, QD_BUNDLE_MODEL, files, N_MODEL_FILES,
+    QD_CHECK_EQ_INT(qd_service_upload_begin(svc, NULL, QD_BUNDLE_MODEL, files, N_MODEL_FILES,
                                             files[0].sha256, &up, &err), QD_ERR_INVALID_ARG);
     qd_error_clear(&err);
     struct qd_store_file big = files[cfg_i];
     big.size = (uint64_t)5 << 20; /* above max_upload_bytes (4 MiB) */
-    QD_CHECK_EQ_INT(qd_service_upload_begin(svc, QD_BUNDLE_MODEL, &big, 1, NULL, &up, &err),
+    QD_CHECK_EQ_INT(qd_service_upload_begin(svc, NULL, QD_BUNDLE_MODEL, &big, 1, NULL, &up, &err),
                     QD_ERR_TOO_LARGE);
     qd_error_clear(&err);
 
     /* The whole bundle, then by digest it is complete. */
     char digest[QD_STORE_HEX_LEN + 1] = "";
     QD_CHECK(upload_model(svc, digest) == 0);
-    QD_CHECK_OK(qd_service_bundle_stat(svc, digest, NULL, 0, &st, &err), &err);
+    QD_CHECK_OK(qd_service_bundle_stat(svc, NULL, digest, NULL, 0, &st, &err), &err);
     QD_CHECK(st.complete);
     QD_CHECK_EQ_INT(st.n_files, N_MODEL_FILES);
     QD_CHECK_EQ_INT(st.kind, QD_BUNDLE_MODEL);
@@ -581,7 +591,7 @@ QD_TEST(rtn_job_events_artifact_and_cache) {
     memcpy(artifact_id, evs[n - 1].artifact_id, sizeof artifact_id);
 
     qd_job_snapshot got = {0};
-    QD_CHECK_OK(qd_service_job_get(svc, job.id, &got, &err), &err);
+    QD_CHECK_OK(qd_service_job_get(svc, NULL, job.id, &got, &err), &err);
     QD_CHECK_EQ_INT(got.state, QD_JOB_SUCCEEDED);
     QD_CHECK_EQ_STR(got.artifact_id, artifact_id);
     QD_CHECK_EQ_STR(got.device, "cpu");
@@ -602,7 +612,7 @@ QD_TEST(rtn_job_events_artifact_and_cache) {
     QD_CHECK(strcmp(hit.id, job.id) != 0);
     /* Its one event is DONE. */
     qd_job_event ev;
-    QD_CHECK_OK(qd_service_watch_next(svc, hit.id, 0, 0, &ev, &err), &err);
+    QD_CHECK_OK(qd_service_watch_next(svc, NULL, hit.id, 0, 0, &ev, &err), &err);
     QD_CHECK_EQ_INT(ev.kind, QD_EVENT_DONE);
     QD_CHECK_EQ_STR(ev.artifact_id, artifact_id);
 
@@ -630,7 +640,7 @@ QD_TEST(rtn_job_events_artifact_and_cache) {
     qd_job_snapshot *list = NULL;
     size_t n_list = 0;
     bool more = true;
-    QD_CHECK_OK(qd_service_job_list(svc, NULL, 0, NULL, NULL, 2, &list, &n_list, &more, &err),
+    QD_CHECK_OK(qd_service_job_list(svc, NULL, NULL, 0, NULL, NULL, 2, &list, &n_list, &more, &err),
                 &err);
     QD_CHECK_EQ_INT(n_list, 2);
     QD_CHECK(more);
@@ -640,7 +650,7 @@ QD_TEST(rtn_job_events_artifact_and_cache) {
         /* Next page after the second: the first job, and nothing more. */
         qd_job_snapshot *page = NULL;
         size_t n_page = 0;
-        QD_CHECK_OK(qd_service_job_list(svc, NULL, 0, NULL, list[1].id, 10, &page, &n_page,
+        QD_CHECK_OK(qd_service_job_list(svc, NULL, NULL, 0, NULL, list[1].id, 10, &page, &n_page,
                                         &more, &err), &err);
         QD_CHECK_EQ_INT(n_page, 1);
         QD_CHECK(!more);
@@ -651,18 +661,18 @@ QD_TEST(rtn_job_events_artifact_and_cache) {
     for (size_t i = 0; i < n_list; i++) qd_job_snapshot_free(&list[i]);
     free(list);
     qd_job_state want = QD_JOB_FAILED;
-    QD_CHECK_OK(qd_service_job_list(svc, &want, 1, NULL, NULL, 0, &list, &n_list, &more, &err),
-                &err);
+    QD_CHECK_OK(qd_service_job_list(svc, NULL, &want, 1, NULL, NULL, 0, &list, &n_list, &more,
+                                    &err), &err);
     QD_CHECK_EQ_INT(n_list, 0);
     free(list);
 
     /* Not found, malformed, terminal cancels. */
-    QD_CHECK_EQ_INT(qd_service_job_get(svc, "0123456789abcdef0123456789abcdef", &got, &err),
+    QD_CHECK_EQ_INT(qd_service_job_get(svc, NULL, "0123456789abcdef0123456789abcdef", &got, &err),
                     QD_ERR_NOT_FOUND);
     qd_error_clear(&err);
-    QD_CHECK_EQ_INT(qd_service_job_get(svc, "nope", &got, &err), QD_ERR_INVALID_ARG);
+    QD_CHECK_EQ_INT(qd_service_job_get(svc, NULL, "nope", &got, &err), QD_ERR_INVALID_ARG);
     qd_error_clear(&err);
-    QD_CHECK_EQ_INT(qd_service_job_cancel(svc, job.id, &got, &err), QD_ERR_PRECONDITION);
+    QD_CHECK_EQ_INT(qd_service_job_cancel(svc, NULL, job.id, &got, &err), QD_ERR_PRECONDITION);
     QD_CHECK_MSG(strstr(err.msg, "succeeded"), "message: %s", err.msg);
     qd_error_clear(&err);
 
@@ -671,7 +681,9 @@ QD_TEST(rtn_job_events_artifact_and_cache) {
     QD_CHECK_EQ_INT(info.n_artifacts, 1);
     QD_CHECK_EQ_INT(info.n_jobs_queued, 0);
     QD_CHECK(info.cache_bytes > 0);
-    QD_CHECK_EQ_STR(info.engine_version, "1");
+    char engine[16];
+    fmt(engine, sizeof engine, "%d", QD_NUMERICS_VERSION);
+    QD_CHECK_EQ_STR(info.engine_version, engine);
     QD_CHECK(info.n_workers >= 1 && info.n_devices >= 1);
 
     free(evs);
@@ -845,21 +857,21 @@ QD_TEST(join_and_cancel) {
     QD_CHECK_EQ_INT(submit(svc, model, NULL, &third, &out, NULL, NULL, &err), QD_ERR_TOO_LARGE);
     QD_CHECK_MSG(strstr(err.msg, "limits.max_queued_jobs"), "message: %s", err.msg);
     qd_error_clear(&err);
-    QD_CHECK_OK(qd_service_job_cancel(svc, z.id, &c, &err), &err);
+    QD_CHECK_OK(qd_service_job_cancel(svc, NULL, z.id, &c, &err), &err);
     QD_CHECK_EQ_INT(c.state, QD_JOB_CANCELLED);
     QD_CHECK_EQ_STR(c.error_code, "CANCELLED");
     qd_job_snapshot_free(&c);
     /* Asked again: the same answer. */
-    QD_CHECK_OK(qd_service_job_cancel(svc, z.id, &c, &err), &err);
+    QD_CHECK_OK(qd_service_job_cancel(svc, NULL, z.id, &c, &err), &err);
     QD_CHECK_EQ_INT(c.state, QD_JOB_CANCELLED);
     qd_job_snapshot_free(&c);
     qd_job_event ev;
-    QD_CHECK_OK(qd_service_watch_next(svc, z.id, 1, 0, &ev, &err), &err);
+    QD_CHECK_OK(qd_service_watch_next(svc, NULL, z.id, 1, 0, &ev, &err), &err);
     QD_CHECK_EQ_INT(ev.kind, QD_EVENT_DONE);
     QD_CHECK_EQ_INT(ev.done_state, QD_JOB_CANCELLED);
 
     /* The running one: the reply may still say RUNNING, with cancel_requested. */
-    QD_CHECK_OK(qd_service_job_cancel(svc, x.id, &c, &err), &err);
+    QD_CHECK_OK(qd_service_job_cancel(svc, NULL, x.id, &c, &err), &err);
     QD_CHECK(c.cancel_requested);
     QD_CHECK(c.state == QD_JOB_RUNNING || c.state == QD_JOB_CANCELLED);
     qd_job_snapshot_free(&c);
@@ -919,25 +931,25 @@ QD_TEST(restart_reruns_queued_and_running_jobs) {
     QD_CHECK_EQ_INT(submit(svc, model, NULL, &other, &out, NULL, NULL, &err),
                     QD_ERR_UNAVAILABLE);
     qd_error_clear(&err);
-    QD_CHECK_OK(qd_service_job_get(svc, x.id, &got, &err), &err);
+    QD_CHECK_OK(qd_service_job_get(svc, NULL, x.id, &got, &err), &err);
     QD_CHECK_EQ_INT(got.state, QD_JOB_QUEUED); /* drained, not failed */
     qd_job_snapshot_free(&got);
     qd_service_close(svc);
 
     QD_CHECK_OK(qd_service_open(&cfg, &svc, &err), &err);
     QD_REQUIRE(svc);
-    QD_CHECK_OK(qd_service_job_get(svc, y.id, &got, &err), &err);
+    QD_CHECK_OK(qd_service_job_get(svc, NULL, y.id, &got, &err), &err);
     QD_CHECK_EQ_INT(got.state, QD_JOB_QUEUED);
     QD_CHECK_EQ_STR(got.label, "test");
     QD_CHECK_EQ_INT(got.spec.method, QD_SPEC_METHOD_RTN);
     QD_CHECK_EQ_STR(got.spec_digest, y.spec_digest);
     qd_job_snapshot_free(&got);
     qd_job_event ev;
-    QD_CHECK_OK(qd_service_watch_next(svc, y.id, 0, 0, &ev, &err), &err);
+    QD_CHECK_OK(qd_service_watch_next(svc, NULL, y.id, 0, 0, &ev, &err), &err);
     QD_CHECK_EQ_INT(ev.seq, 1);
     QD_CHECK_EQ_INT(ev.kind, QD_EVENT_QUEUED);
     QD_CHECK(wait_event(svc, x.id, QD_EVENT_STAGE, QD_STAGE_QUANTIZE));
-    QD_CHECK_OK(qd_service_job_cancel(svc, x.id, &got, &err), &err);
+    QD_CHECK_OK(qd_service_job_cancel(svc, NULL, x.id, &got, &err), &err);
     qd_job_snapshot_free(&got);
     qd_job_event *evs = events_buf();
     QD_REQUIRE(evs);
@@ -949,11 +961,11 @@ QD_TEST(restart_reruns_queued_and_running_jobs) {
     /* A third start finds nothing to do; finished jobs answer from their rows. */
     QD_CHECK_OK(qd_service_open(&cfg, &svc, &err), &err);
     QD_REQUIRE(svc);
-    QD_CHECK_OK(qd_service_job_get(svc, y.id, &got, &err), &err);
+    QD_CHECK_OK(qd_service_job_get(svc, NULL, y.id, &got, &err), &err);
     QD_CHECK_EQ_INT(got.state, QD_JOB_SUCCEEDED);
     QD_CHECK_EQ_INT(got.spec.group_size, 32);
     qd_job_snapshot_free(&got);
-    QD_CHECK_OK(qd_service_watch_next(svc, x.id, 7, 0, &ev, &err), &err);
+    QD_CHECK_OK(qd_service_watch_next(svc, NULL, x.id, 7, 0, &ev, &err), &err);
     QD_CHECK_EQ_INT(ev.kind, QD_EVENT_DONE);
     QD_CHECK_EQ_INT(ev.seq, 8);
     QD_CHECK_EQ_INT(ev.done_state, QD_JOB_CANCELLED);
@@ -961,6 +973,201 @@ QD_TEST(restart_reruns_queued_and_running_jobs) {
     free(evs);
     qd_job_snapshot_free(&x);
     qd_job_snapshot_free(&y);
+    qd_service_close(svc);
+    qd_config_free(&cfg);
+    (void)qd_remove_tree(tmp, NULL);
+}
+
+/* ---- owners -------------------------------------------------------------------------------- */
+
+/* The number of jobs and artifacts who sees. */
+static size_t n_jobs_seen(struct qd_service *svc, const qd_caller *who) {
+    qd_job_snapshot *jobs = NULL;
+    size_t n = 0;
+    qd_error err = {0};
+    QD_CHECK_OK(qd_service_job_list(svc, who, NULL, 0, NULL, NULL, 100, &jobs, &n, NULL, &err),
+                &err);
+    for (size_t i = 0; i < n; i++) qd_job_snapshot_free(&jobs[i]);
+    free(jobs);
+    return n;
+}
+
+static size_t n_artifacts_seen(struct qd_service *svc, const qd_caller *who, const char *id) {
+    qd_artifact_entry *arts = NULL;
+    size_t n = 0;
+    qd_error err = {0};
+    QD_CHECK_OK(qd_service_artifact_list(svc, who, &arts, &n, &err), &err);
+    for (size_t i = 0; i < n; i++) {
+        if (id) QD_CHECK_EQ_STR(arts[i].id, id);
+        qd_artifact_entry_free(&arts[i]);
+    }
+    free(arts);
+    return n;
+}
+
+/* err's message with every occurrence of id replaced by "ID" (to compare two refusals). */
+static void generic(const qd_error *err, const char *id, char *buf, size_t len) {
+    const char *m = err->msg, *hit;
+    size_t at = 0, n = strlen(id);
+    buf[0] = '\0';
+    while (at + 3 < len && (hit = strstr(m, id)) != NULL) {
+        at += (size_t)snprintf(buf + at, len - at, "%.*sID", (int)(hit - m), m);
+        m = hit + n;
+    }
+    if (at < len) snprintf(buf + at, len - at, "%s", m);
+}
+
+#define MISSING_JOB "0123456789abcdef0123456789abcdef"
+
+QD_TEST(owners_see_only_their_own) {
+    char tmp[PATH_MAX], data[PATH_MAX], a_msg[512], b_msg[512];
+    make_dir(tmp, sizeof tmp);
+    QD_REQUIRE(tmp[0]);
+    fmt(data, sizeof data, "%s/data", tmp);
+    qd_config cfg = config_on(data);
+    qd_error err = {0};
+    struct qd_service *svc = NULL;
+    QD_CHECK_OK(qd_service_open(&cfg, &svc, &err), &err);
+    QD_REQUIRE(svc);
+    const qd_caller alice = {.owner = "alice"}, bob = {.owner = "bob"};
+    const qd_caller admin = {.owner = "ops", .all = true};
+
+    /* Alice uploads and quantizes. */
+    char digest[QD_STORE_HEX_LEN + 1];
+    QD_REQUIRE(upload_as(svc, &alice, MODEL_DIR, MODEL_FILES, N_MODEL_FILES, QD_BUNDLE_MODEL,
+                         digest) == 0);
+    qd_spec spec = rtn_spec();
+    qd_quantize_request req = {.model_digest = digest, .spec = &spec, .caller = &alice};
+    qd_quantize_outcome out = 0;
+    qd_job_snapshot job = {0}, other = {0};
+    QD_CHECK_OK(qd_service_quantize(svc, &req, &out, &job, NULL, NULL, &err), &err);
+    QD_CHECK_EQ_INT(out, QD_QUANTIZE_QUEUED);
+    qd_job_event *evs = events_buf();
+    QD_REQUIRE(evs);
+    size_t n = watch_all(svc, job.id, evs, 256);
+    QD_REQUIRE(n >= 1 && evs[n - 1].done_state == QD_JOB_SUCCEEDED);
+    char art_id[QD_STORE_ID_LEN + 1];
+    fmt(art_id, sizeof art_id, "%s", evs[n - 1].artifact_id);
+    free(evs);
+    qd_job_event ev;
+    QD_CHECK_OK(qd_service_watch_next(svc, &alice, job.id, 0, 0, &ev, &err), &err);
+
+    /* Bob sees none of it, and is answered as for what does not exist. */
+    QD_CHECK_EQ_INT(qd_service_job_get(svc, &bob, job.id, &other, &err), QD_ERR_NOT_FOUND);
+    generic(&err, job.id, b_msg, sizeof b_msg);
+    qd_error_clear(&err);
+    QD_CHECK_EQ_INT(qd_service_job_get(svc, &bob, MISSING_JOB, &other, &err), QD_ERR_NOT_FOUND);
+    generic(&err, MISSING_JOB, a_msg, sizeof a_msg);
+    qd_error_clear(&err);
+    QD_CHECK_EQ_STR(b_msg, a_msg);
+    QD_CHECK_EQ_INT(qd_service_job_cancel(svc, &bob, job.id, &other, &err), QD_ERR_NOT_FOUND);
+    qd_error_clear(&err);
+    QD_CHECK_EQ_INT(qd_service_watch_next(svc, &bob, job.id, 0, 0, &ev, &err), QD_ERR_NOT_FOUND);
+    qd_error_clear(&err);
+    QD_CHECK_EQ_INT(n_jobs_seen(svc, &bob), 0);
+    qd_artifact_entry e = {0};
+    QD_CHECK_EQ_INT(qd_service_artifact_get(svc, &bob, art_id, &e, &err), QD_ERR_NOT_FOUND);
+    QD_CHECK_MSG(strstr(err.msg, "not found"), "message: %s", err.msg);
+    qd_error_clear(&err);
+    struct qd_download *dl = NULL;
+    char adir[PATH_MAX];
+    QD_CHECK_EQ_INT(qd_service_download_open(svc, &bob, art_id, &dl, &e, adir, sizeof adir,
+                                             &err), QD_ERR_NOT_FOUND);
+    qd_error_clear(&err);
+    QD_CHECK_EQ_INT(n_artifacts_seen(svc, &bob, NULL), 0);
+    qd_bundle_status st = {0};
+    QD_CHECK_EQ_INT(qd_service_bundle_stat(svc, &bob, digest, NULL, 0, &st, &err),
+                    QD_ERR_NOT_FOUND);
+    QD_CHECK_MSG(strstr(err.msg, "never uploaded here"), "message: %s", err.msg);
+    qd_error_clear(&err);
+    /* Quoting Alice's digest buys nothing: not even the cache's answer. */
+    qd_quantize_request breq = {.model_digest = digest, .spec = &spec, .caller = &bob};
+    QD_CHECK_EQ_INT(qd_service_quantize(svc, &breq, &out, &other, NULL, NULL, &err),
+                    QD_ERR_NOT_FOUND);
+    QD_CHECK_MSG(strstr(err.msg, "no such bundle"), "message: %s", err.msg);
+    qd_error_clear(&err);
+
+    /* Bob's view of the manifest: nothing held. Bytes that are not the file's are refused
+     * and change nothing, for him or for Alice. */
+    struct qd_store_file *files = NULL;
+    QD_REQUIRE(manifest_of(MODEL_DIR, MODEL_FILES, N_MODEL_FILES, &files) == 0);
+    QD_CHECK_OK(qd_service_bundle_stat(svc, &bob, NULL, files, N_MODEL_FILES, &st, &err), &err);
+    QD_CHECK(!st.complete);
+    QD_CHECK_EQ_INT(st.held_bytes, 0);
+    QD_CHECK_EQ_INT(st.kind, QD_BUNDLE_UNSPECIFIED);
+    qd_bundle_status_free(&st);
+    QD_CHECK_OK(qd_service_bundle_stat(svc, &alice, NULL, files, N_MODEL_FILES, &st, &err), &err);
+    QD_CHECK(st.complete);
+    QD_CHECK_EQ_INT(st.kind, QD_BUNDLE_MODEL);
+    qd_bundle_status_free(&st);
+    size_t cfg_i = 0;
+    while (cfg_i < N_MODEL_FILES && strcmp(files[cfg_i].name, "config.json") != 0) cfg_i++;
+    QD_REQUIRE(cfg_i < N_MODEL_FILES);
+    struct qd_upload *up = NULL;
+    QD_CHECK_OK(qd_service_upload_begin(svc, &bob, QD_BUNDLE_MODEL, files, N_MODEL_FILES, NULL,
+                                        &up, &err), &err);
+    QD_REQUIRE(up);
+    char *junk = calloc(1, files[cfg_i].size);
+    QD_REQUIRE(junk);
+    QD_CHECK_EQ_INT(qd_service_upload_chunk(up, (int64_t)cfg_i, NULL, 1, junk, 1, &err),
+                    QD_ERR_PRECONDITION);
+    QD_CHECK_MSG(strstr(err.msg, "resume at offset 0"), "message: %s", err.msg);
+    qd_error_clear(&err);
+    QD_CHECK_EQ_INT(qd_service_upload_chunk(up, (int64_t)cfg_i, NULL, 0, junk,
+                                            (size_t)files[cfg_i].size, &err), QD_ERR_CORRUPT);
+    qd_error_clear(&err);
+    free(junk);
+    QD_CHECK_OK(qd_service_upload_status(up, &st, &err), &err);
+    QD_CHECK(!st.complete);
+    QD_CHECK_EQ_INT(st.files[cfg_i].held_bytes, 0);
+    qd_bundle_status_free(&st);
+    qd_service_upload_end(up);
+    QD_CHECK_EQ_INT(qd_service_quantize(svc, &breq, &out, &other, NULL, NULL, &err),
+                    QD_ERR_NOT_FOUND);
+    qd_error_clear(&err);
+    QD_CHECK_OK(qd_service_bundle_stat(svc, &alice, digest, NULL, 0, &st, &err), &err);
+    QD_CHECK(st.complete);
+    qd_bundle_status_free(&st);
+
+    /* The right bytes: Bob owns the bundle, and the cache answers him with Alice's artifact,
+     * which he now owns too; her job stays hers. */
+    char bdigest[QD_STORE_HEX_LEN + 1];
+    QD_REQUIRE(upload_as(svc, &bob, MODEL_DIR, MODEL_FILES, N_MODEL_FILES, QD_BUNDLE_MODEL,
+                         bdigest) == 0);
+    QD_CHECK_EQ_STR(bdigest, digest);
+    QD_CHECK_OK(qd_service_bundle_stat(svc, &bob, digest, NULL, 0, &st, &err), &err);
+    QD_CHECK(st.complete);
+    qd_bundle_status_free(&st);
+    qd_artifact_entry hit = {0};
+    QD_CHECK_OK(qd_service_quantize(svc, &breq, &out, &other, &hit, NULL, &err), &err);
+    QD_CHECK_EQ_INT(out, QD_QUANTIZE_CACHE_HIT);
+    QD_CHECK_EQ_STR(hit.id, art_id);
+    qd_artifact_entry_free(&hit);
+    QD_CHECK_EQ_INT(n_artifacts_seen(svc, &bob, art_id), 1);
+    QD_CHECK_OK(qd_service_artifact_get(svc, &bob, art_id, &e, &err), &err);
+    qd_artifact_entry_free(&e);
+    QD_CHECK_EQ_INT(n_jobs_seen(svc, &bob), 1);
+    QD_CHECK_OK(qd_service_job_get(svc, &bob, other.id, &job, &err), &err);
+    qd_job_snapshot_free(&job);
+    QD_CHECK_EQ_INT(n_jobs_seen(svc, &alice), 1);
+    QD_CHECK_EQ_INT(qd_service_job_get(svc, &alice, other.id, &job, &err), QD_ERR_NOT_FOUND);
+    qd_error_clear(&err);
+    QD_CHECK_EQ_INT(n_artifacts_seen(svc, &alice, art_id), 1);
+    /* An admin, and a daemon without authentication (NULL), see everything. */
+    QD_CHECK_EQ_INT(n_jobs_seen(svc, &admin), 2);
+    QD_CHECK_EQ_INT(n_jobs_seen(svc, NULL), 2);
+    QD_CHECK_EQ_INT(n_artifacts_seen(svc, &admin, art_id), 1);
+    QD_CHECK_OK(qd_service_job_get(svc, &admin, other.id, &job, &err), &err);
+    qd_job_snapshot_free(&job);
+    QD_CHECK_OK(qd_service_bundle_stat(svc, NULL, digest, NULL, 0, &st, &err), &err);
+    qd_bundle_status_free(&st);
+    /* A stranger still sees nothing. */
+    const qd_caller carol = {.owner = "carol"};
+    QD_CHECK_EQ_INT(n_jobs_seen(svc, &carol), 0);
+    QD_CHECK_EQ_INT(n_artifacts_seen(svc, &carol, NULL), 0);
+
+    qd_job_snapshot_free(&other);
+    qd_store_files_free(files, N_MODEL_FILES);
     qd_service_close(svc);
     qd_config_free(&cfg);
     (void)qd_remove_tree(tmp, NULL);

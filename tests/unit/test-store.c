@@ -1,8 +1,10 @@
 /*
- * test-store.c - the store: migrations (a schema 1 database opens and migrates to 2),
+ * test-store.c - the store: migrations (schema 1 and schema 2 databases open and migrate to
+ * the current schema, keeping their rows; schema 3's owners: "" for every older row),
  * resumable verified blob uploads, the manifest digest rule, the artifact registry and its
  * cache key, artifact manifests, startup cleanup, LRU eviction with pins, job recovery, and
- * what schema 2 records for jobs (spec, path, label, codes, re-queue, paging). Each test works
+ * what schema 2 records for jobs (spec, path, label, codes, re-queue, paging), and owners
+ * (add, query, copy into a published artifact, gone with it; job pages per owner). Each test works
  * in its own fresh data directory; "restarts" are a close and a reopen of the store, which is
  * what a daemon killed between two calls sees.
  */
@@ -681,7 +683,7 @@ QD_TEST(schema_1_database_migrates) {
     struct qd_store *s = NULL;
     QD_CHECK_OK(qd_store_open(dir, &s, &err), &err);
     QD_REQUIRE(s);
-    QD_CHECK_EQ_INT(db_user_version(dir), 2);
+    QD_CHECK_EQ_INT(db_user_version(dir), QD_STORE_SCHEMA_VERSION);
     check_integrity(s);
     /* The old job: still queued, with empty schema 2 fields. */
     struct qd_store_job j;
@@ -729,6 +731,246 @@ QD_TEST(schema_1_database_migrates) {
                 &err);
     QD_CHECK_EQ_STR(json, "");
     free(json);
+    qd_store_close(s);
+    remove_dir(dir);
+}
+
+/* Schema 2 on top of schema 1, as quantd 0.2 wrote it, with rows of every kind. */
+static const char SCHEMA_V2_UP[] =
+    "ALTER TABLE models ADD COLUMN kind INTEGER NOT NULL DEFAULT 0;"
+    "ALTER TABLE jobs ADD COLUMN spec_json TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE jobs ADD COLUMN model_path TEXT;"
+    "ALTER TABLE jobs ADD COLUMN label TEXT;"
+    "ALTER TABLE jobs ADD COLUMN error_code TEXT NOT NULL DEFAULT '';"
+    "ALTER TABLE jobs ADD COLUMN cache_hit INTEGER NOT NULL DEFAULT 0;"
+    "CREATE INDEX jobs_created ON jobs(created_ms);"
+    "ALTER TABLE artifacts ADD COLUMN spec_json TEXT NOT NULL DEFAULT '';"
+    "CREATE TABLE artifact_files (artifact_id TEXT NOT NULL REFERENCES artifacts(id) ON DELETE "
+    "  CASCADE, idx INTEGER NOT NULL, name TEXT NOT NULL, size INTEGER NOT NULL CHECK (size >= "
+    "  0), sha256 TEXT NOT NULL, PRIMARY KEY (artifact_id, idx));"
+    "UPDATE models SET kind = 1;"
+    "INSERT INTO model_files VALUES ('" DIGEST_C "', 0, 'config.json', 3, '" SHA_BRACES "');"
+    "INSERT INTO jobs(id, model_digest, spec_digest, numerics_version, state, created_ms, "
+    "  spec_json, label) VALUES ('00000000000000000000000000000002', '" DIGEST_C "', '"
+    DIGEST_B "', '1', 'succeeded', 9, '{\"bits\":4}', 'two');"
+    "INSERT INTO artifact_files VALUES ('0000000000000000000000000000000a', 0, 'config.json', 3, "
+    "  '" SHA_BRACES "');"
+    "PRAGMA user_version = 2;";
+
+/* The owners of (kind, id), joined with ',' (for comparing with an expected list). */
+static void owners_of(struct qd_store *s, enum qd_store_owner_kind kind, const char *id,
+                      char *buf, size_t len) {
+    char **o = NULL;
+    size_t n = 0;
+    qd_error err = {0};
+    buf[0] = '\0';
+    QD_CHECK_OK(qd_store_owner_list(s, kind, id, &o, &n, &err), &err);
+    size_t at = 0;
+    for (size_t i = 0; i < n && at < len; i++) {
+        int w = snprintf(buf + at, len - at, "%s%s", i ? "," : "", o[i]);
+        if (w < 0) break;
+        at += (size_t)w;
+    }
+    qd_store_owners_free(o, n);
+}
+
+QD_TEST(schema_2_database_migrates_with_owners) {
+    char dir[PATH_MAX], path[PATH_MAX], adir[PATH_MAX], got[256];
+    make_dir(dir, sizeof dir);
+    QD_REQUIRE(dir[0]);
+    fmt_path(path, sizeof path, "%s/quantd.db", dir);
+    sqlite3 *db = NULL;
+    QD_REQUIRE(sqlite3_open(path, &db) == SQLITE_OK);
+    QD_CHECK(sqlite3_exec(db, SCHEMA_V1, NULL, NULL, NULL) == SQLITE_OK);
+    QD_CHECK(sqlite3_exec(db, SCHEMA_V2_UP, NULL, NULL, NULL) == SQLITE_OK);
+    sqlite3_close(db);
+    fmt_path(adir, sizeof adir, "%s/artifacts/0000000000000000000000000000000a", dir);
+    QD_REQUIRE(qd_mkdir_p(adir, 0755, NULL) == QD_OK);
+    QD_CHECK(write_text(adir, "config.json", "{}\n") == 0);
+    QD_CHECK_EQ_INT(db_user_version(dir), 2);
+
+    qd_error err = {0};
+    struct qd_store *s = NULL;
+    QD_CHECK_OK(qd_store_open(dir, &s, &err), &err);
+    QD_REQUIRE(s);
+    QD_CHECK_EQ_INT(db_user_version(dir), 3);
+    check_integrity(s);
+    /* Every row is still there, as it was. */
+    struct qd_store_job j;
+    QD_CHECK_OK(qd_store_job_get(s, "00000000000000000000000000000002", &j, &err), &err);
+    QD_CHECK_EQ_STR(qd_store_job_state_name(j.state), "succeeded");
+    QD_CHECK_EQ_INT(j.created_ms, 9);
+    struct qd_store_job_text t = {0};
+    QD_CHECK_OK(qd_store_job_text_get(s, j.id, &t, &err), &err);
+    QD_CHECK_EQ_STR(t.spec_json, "{\"bits\":4}");
+    QD_CHECK(t.label && strcmp(t.label, "two") == 0);
+    qd_store_job_text_free(&t);
+    QD_CHECK_OK(qd_store_job_get(s, "00000000000000000000000000000001", &j, &err), &err);
+    QD_CHECK_EQ_INT(j.state, QD_STORE_JOB_QUEUED);
+    int kind = -1;
+    QD_CHECK_OK(qd_store_model_kind(s, DIGEST_C, &kind, &err), &err);
+    QD_CHECK_EQ_INT(kind, 1);
+    struct qd_store_file *files = NULL;
+    size_t n = 0;
+    QD_CHECK_OK(qd_store_model_files(s, DIGEST_C, &files, &n, &err), &err);
+    QD_CHECK_EQ_INT(n, 1);
+    qd_store_files_free(files, n);
+    QD_CHECK_OK(qd_store_artifact_files(s, "0000000000000000000000000000000a", &files, &n,
+                                        &err), &err);
+    QD_CHECK_EQ_INT(n, 1);
+    if (n == 1) QD_CHECK_EQ_STR(files[0].sha256, SHA_BRACES);
+    qd_store_files_free(files, n);
+    /* ... and belongs to "" alone: the owner of every call while auth is off. */
+    bool has = false;
+    QD_CHECK_OK(qd_store_owner_has(s, QD_STORE_OWN_JOB, "00000000000000000000000000000001", "",
+                                   &has, &err), &err);
+    QD_CHECK(has);
+    char **o = NULL;
+    n = 0;
+    QD_CHECK_OK(qd_store_owner_list(s, QD_STORE_OWN_JOB, "00000000000000000000000000000002", &o,
+                                    &n, &err), &err);
+    QD_CHECK_EQ_INT(n, 1);
+    if (n == 1) QD_CHECK_EQ_STR(o[0], "");
+    qd_store_owners_free(o, n);
+    QD_CHECK_OK(qd_store_owner_has(s, QD_STORE_OWN_ARTIFACT, "0000000000000000000000000000000a",
+                                   "", &has, &err), &err);
+    QD_CHECK(has);
+    QD_CHECK_OK(qd_store_owner_has(s, QD_STORE_OWN_BUNDLE, DIGEST_C, "", &has, &err), &err);
+    QD_CHECK(has);
+    QD_CHECK_OK(qd_store_owner_has(s, QD_STORE_OWN_BLOB, SHA_BRACES, "", &has, &err), &err);
+    QD_CHECK(has);
+    QD_CHECK_OK(qd_store_owner_has(s, QD_STORE_OWN_BLOB, SHA_BRACES, "alice", &has, &err), &err);
+    QD_CHECK(!has);
+
+    /* A job of alice's after the migration: pages per owner see only their own. */
+    struct qd_store_job_new nj = {.key = key_of(DIGEST_A, DIGEST_B, "1"), .spec_json = "{}",
+                                  .owner = "alice"};
+    struct qd_store_job aj;
+    QD_CHECK_OK(qd_store_job_add_ex(s, &nj, &aj, &err), &err);
+    owners_of(s, QD_STORE_OWN_JOB, aj.id, got, sizeof got);
+    QD_CHECK_EQ_STR(got, "alice");
+    struct qd_store_job *rows = NULL;
+    bool more = true;
+    QD_CHECK_OK(qd_store_job_query_owned(s, "alice", 0, NULL, NULL, 10, &rows, &n, &more, &err),
+                &err);
+    QD_CHECK_EQ_INT(n, 1);
+    if (n == 1) QD_CHECK_EQ_STR(rows[0].id, aj.id);
+    QD_CHECK(!more);
+    free(rows);
+    QD_CHECK_OK(qd_store_job_query_owned(s, "", 0, NULL, NULL, 10, &rows, &n, &more, &err), &err);
+    QD_CHECK_EQ_INT(n, 2); /* the two old ones */
+    free(rows);
+    QD_CHECK_OK(qd_store_job_query_owned(s, NULL, 0, NULL, NULL, 10, &rows, &n, &more, &err),
+                &err);
+    QD_CHECK_EQ_INT(n, 3);
+    free(rows);
+    /* Another owner's job as a page token is as unknown as a missing one. */
+    QD_CHECK_EQ_INT(qd_store_job_query_owned(s, "alice", 0, NULL,
+                                             "00000000000000000000000000000002", 10, &rows, &n,
+                                             &more, &err), QD_ERR_NOT_FOUND);
+    qd_error_clear(&err);
+    QD_CHECK_OK(qd_store_job_query_owned(s, NULL, 0, NULL, "00000000000000000000000000000002", 10,
+                                         &rows, &n, &more, &err), &err);
+    QD_CHECK_EQ_INT(n, 1); /* job 1 is older */
+    free(rows);
+    check_integrity(s);
+    qd_store_close(s);
+    /* Reopening migrates nothing more. */
+    QD_CHECK_OK(qd_store_open(dir, &s, &err), &err);
+    QD_REQUIRE(s);
+    owners_of(s, QD_STORE_OWN_JOB, aj.id, got, sizeof got);
+    QD_CHECK_EQ_STR(got, "alice");
+    qd_store_close(s);
+    remove_dir(dir);
+}
+
+QD_TEST(owners_add_query_copy_and_delete) {
+    char dir[PATH_MAX], got[256];
+    make_dir(dir, sizeof dir);
+    QD_REQUIRE(dir[0]);
+    qd_error err = {0};
+    struct qd_store *s = NULL;
+    QD_CHECK_OK(qd_store_open(dir, &s, &err), &err);
+    QD_REQUIRE(s);
+    /* A set per (kind, id): adding twice keeps one row; kinds do not mix. */
+    QD_CHECK_OK(qd_store_owner_add(s, QD_STORE_OWN_BLOB, SHA_HELLO, "bob", &err), &err);
+    QD_CHECK_OK(qd_store_owner_add(s, QD_STORE_OWN_BLOB, SHA_HELLO, "alice", &err), &err);
+    QD_CHECK_OK(qd_store_owner_add(s, QD_STORE_OWN_BLOB, SHA_HELLO, "bob", &err), &err);
+    owners_of(s, QD_STORE_OWN_BLOB, SHA_HELLO, got, sizeof got);
+    QD_CHECK_EQ_STR(got, "alice,bob");
+    owners_of(s, QD_STORE_OWN_PART, SHA_HELLO, got, sizeof got);
+    QD_CHECK_EQ_STR(got, "");
+    bool has = true;
+    QD_CHECK_OK(qd_store_owner_has(s, QD_STORE_OWN_BUNDLE, SHA_HELLO, "bob", &has, &err), &err);
+    QD_CHECK(!has);
+    QD_CHECK_OK(qd_store_owner_has(s, QD_STORE_OWN_BLOB, SHA_HELLO, "Bob", &has, &err), &err);
+    QD_CHECK(!has);
+    QD_CHECK_OK(qd_store_owner_remove(s, QD_STORE_OWN_BLOB, SHA_HELLO, "alice", &err), &err);
+    owners_of(s, QD_STORE_OWN_BLOB, SHA_HELLO, got, sizeof got);
+    QD_CHECK_EQ_STR(got, "bob");
+    QD_CHECK_OK(qd_store_owner_add(s, QD_STORE_OWN_BLOB, SHA_HELLO, "carol", &err), &err);
+    QD_CHECK_OK(qd_store_owner_remove(s, QD_STORE_OWN_BLOB, SHA_HELLO, NULL, &err), &err);
+    owners_of(s, QD_STORE_OWN_BLOB, SHA_HELLO, got, sizeof got);
+    QD_CHECK_EQ_STR(got, "");
+    /* Bad arguments name what is wrong. */
+    QD_CHECK_EQ_INT(qd_store_owner_add(s, QD_STORE_OWN_COUNT, SHA_HELLO, "x", &err),
+                    QD_ERR_INVALID_ARG);
+    qd_error_clear(&err);
+    QD_CHECK_EQ_INT(qd_store_owner_add(s, QD_STORE_OWN_BLOB, "../x", "x", &err),
+                    QD_ERR_INVALID_ARG);
+    qd_error_clear(&err);
+    QD_CHECK_EQ_INT(qd_store_owner_add(s, QD_STORE_OWN_BLOB, SHA_HELLO, "a\nb", &err),
+                    QD_ERR_INVALID_ARG);
+    QD_CHECK_MSG(strstr(err.msg, "control character"), "message: %s", err.msg);
+    qd_error_clear(&err);
+
+    /* A job's submitter and joiners own the artifact it publishes, with p->owner. */
+    struct qd_store_job_new nj = {.key = key_of(DIGEST_A, DIGEST_B, "1"), .spec_json = "{}",
+                                  .owner = "alice"};
+    struct qd_store_job job;
+    QD_CHECK_OK(qd_store_job_add_ex(s, &nj, &job, &err), &err);
+    QD_CHECK_OK(qd_store_owner_add(s, QD_STORE_OWN_JOB_JOINED, job.id, "bob", &err), &err);
+    owners_of(s, QD_STORE_OWN_JOB, job.id, got, sizeof got);
+    QD_CHECK_EQ_STR(got, "alice");
+    char stage[PATH_MAX];
+    QD_CHECK_OK(qd_store_staging_new(s, stage, sizeof stage, &err), &err);
+    QD_CHECK(write_text(stage, "config.json", "{}\n") == 0);
+    struct qd_store_publish p = {.staging_dir = stage, .key = &nj.key, .format = "awq",
+                                 .job_id = job.id, .owner = "carol"};
+    struct qd_store_artifact a;
+    QD_CHECK_OK(qd_store_artifact_publish_ex(s, &p, &a, &err), &err);
+    owners_of(s, QD_STORE_OWN_ARTIFACT, a.id, got, sizeof got);
+    QD_CHECK_EQ_STR(got, "alice,bob,carol");
+    /* Copying is a union: dave joins later and is added once, however often it is copied. */
+    QD_CHECK_OK(qd_store_owner_add(s, QD_STORE_OWN_JOB_JOINED, job.id, "dave", &err), &err);
+    for (int i = 0; i < 2; i++)
+        QD_CHECK_OK(qd_store_owner_copy(s, QD_STORE_OWN_JOB_JOINED, job.id,
+                                        QD_STORE_OWN_ARTIFACT, a.id, &err), &err);
+    owners_of(s, QD_STORE_OWN_ARTIFACT, a.id, got, sizeof got);
+    QD_CHECK_EQ_STR(got, "alice,bob,carol,dave");
+    /* A job added without an owner belongs to "". */
+    struct qd_store_job anon;
+    QD_CHECK_OK(qd_store_job_add(s, &nj.key, &anon, &err), &err);
+    QD_CHECK_OK(qd_store_owner_has(s, QD_STORE_OWN_JOB, anon.id, "", &has, &err), &err);
+    QD_CHECK(has);
+    /* The joiner sees the job in its pages; a stranger sees none. */
+    struct qd_store_job *rows = NULL;
+    size_t n = 0;
+    QD_CHECK_OK(qd_store_job_query_owned(s, "bob", 0, NULL, NULL, 10, &rows, &n, NULL, &err),
+                &err);
+    QD_CHECK_EQ_INT(n, 1);
+    free(rows);
+    QD_CHECK_OK(qd_store_job_query_owned(s, "eve", 0, NULL, NULL, 10, &rows, &n, NULL, &err),
+                &err);
+    QD_CHECK_EQ_INT(n, 0);
+    free(rows);
+    /* Deleting the artifact deletes its owners; the job keeps its own. */
+    QD_CHECK_OK(qd_store_artifact_delete(s, a.id, &err), &err);
+    owners_of(s, QD_STORE_OWN_ARTIFACT, a.id, got, sizeof got);
+    QD_CHECK_EQ_STR(got, "");
+    owners_of(s, QD_STORE_OWN_JOB_JOINED, job.id, got, sizeof got);
+    QD_CHECK_EQ_STR(got, "bob,dave");
+    check_integrity(s);
     qd_store_close(s);
     remove_dir(dir);
 }
