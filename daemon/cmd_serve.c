@@ -1,7 +1,8 @@
 /*
  * cmd_serve.c - `quantd serve [--config FILE] [--data-dir DIR] [--listen ADDR ...]`: the
  * daemon. Loads the configuration, opens the service core, serves quantd.v1 and the health
- * service over gRPC, and waits for signals: SIGTERM/SIGINT drain and stop, SIGHUP reloads.
+ * service over gRPC (and, with metrics.listen, Prometheus metrics over HTTP), and waits for
+ * signals: SIGTERM/SIGINT drain and stop, SIGHUP reloads.
  *
  * DESIGN
  * Signals are blocked before the first thread exists (the service's workers, gRPC's own), so
@@ -11,7 +12,9 @@
  * Shutdown: the server stops taking calls, the service lets running jobs go on until the
  * drain deadline (shutdown.drain_seconds) and cancels the rest (they are re-queued at the
  * next start), the server waits for open calls until the same deadline and cancels the rest,
- * and everything is freed, so a clean exit leaks nothing.
+ * and everything is freed, so a clean exit leaks nothing. The metrics endpoint starts after the
+ * service opens and before the gRPC server listens, and stops after the drain, just before the
+ * service closes: a scrape during the drain still sees the jobs finishing.
  *
  * Reload (nginx's discipline): the file is parsed into a new config; if that fails, the error
  * is logged and the running config stays. Immutable keys that changed are logged as waiting
@@ -33,6 +36,7 @@
 
 #include "commands.h"
 #include "config.h"
+#include "metrics.h"
 #include "rpc.h"
 #include "sdnotify.h"
 #include "server.h"
@@ -89,6 +93,12 @@ static void serve_usage(FILE *out) {
           "listens, RELOADING=1/READY=1 around a reload, STOPPING=1 when it drains, and\n"
           "WATCHDOG=1 every half $WATCHDOG_USEC (WatchdogSec=).\n"
           "\n"
+          "Metrics: with metrics.listen (host:port; 127.0.0.1:0 takes a free port) quantd\n"
+          "serves Prometheus metrics over HTTP at /metrics and prints, before the listening\n"
+          "lines:\n"
+          "  quantd: metrics on http://HOST:PORT/metrics\n"
+          "docs/operations.md describes the metrics.\n"
+          "\n"
           "Security (docs/config.md has the keys):\n"
           "  tls.cert, tls.key     serve TLS on every TCP address; tls.client_ca also requires\n"
           "                        client certificates it signed (mutual TLS). Unix sockets\n"
@@ -100,6 +110,8 @@ static void serve_usage(FILE *out) {
           "                          printf %s \"$TOKEN\" | sha256sum\n"
           "                        Clients send 'authorization: Bearer TOKEN'; the health\n"
           "                        service needs none. Without either key auth is off.\n"
+          "  metrics.listen        plain HTTP without auth: an address that is not loopback\n"
+          "                        is refused unless metrics.allow_remote is true.\n"
           "\n"
           "Exit status: 0 after a clean shutdown, 1 when the service cannot start, 2 for\n"
           "usage or configuration errors.\n",
@@ -345,6 +357,7 @@ int qd_cmd_serve(int argc, char **argv) {
     struct qd_service *svc = NULL;
     struct qd_rpc *rpc = NULL;
     struct qd_server *srv = NULL;
+    struct qd_metrics *metrics = NULL;
     if (qd_service_open(&cfg, &svc, &err) != QD_OK) {
         qd_server_log(QD_CONFIG_LOG_ERROR, "cannot open the service: %s", qd_error_text(&err));
         goto out;
@@ -352,6 +365,15 @@ int qd_cmd_serve(int argc, char **argv) {
     if (qd_rpc_create(svc, &cfg, &rpc, &err) != QD_OK) {
         qd_server_log(QD_CONFIG_LOG_ERROR, "%s", qd_error_text(&err));
         goto out;
+    }
+    /* Before the gRPC server: a port already taken fails the start before any client is
+     * served, and the line below is out before the "listening on" lines. */
+    if (cfg.metrics.listen) {
+        if (qd_metrics_start(svc, cfg.metrics.listen, &metrics, &err) != QD_OK) {
+            qd_server_log(QD_CONFIG_LOG_ERROR, "%s", qd_error_text(&err));
+            goto out;
+        }
+        fprintf(stderr, "quantd: metrics on %s\n", qd_metrics_url(metrics));
     }
     struct qd_server_tls *tls = NULL;
     if (cfg.tls.cert &&
@@ -422,6 +444,7 @@ int qd_cmd_serve(int argc, char **argv) {
 out:
     qd_server_free(srv);
     qd_rpc_free(rpc);
+    qd_metrics_stop(metrics); /* its handler reads the service: stop it first */
     qd_service_close(svc);
     if (status == 0) qd_server_log(QD_CONFIG_LOG_NOTICE, "stopped");
     qd_config_free(&cfg);

@@ -265,6 +265,44 @@ static qd_err check_listen(const char *v, qd_error *err) {
     return QD_OK;
 }
 
+#define METRICS_LISTEN_EXPECTED "'IPV4:PORT', '[IPV6]:PORT' or 'localhost:PORT' (port 0..65535)"
+
+/* A metrics.listen address: an IP literal or localhost, never a name to resolve (the endpoint
+ * binds one socket, and which address a name gives is not the operator's choice), and no unix
+ * socket (Prometheus scrapes over TCP). daemon/metrics.c parses the same forms to bind. */
+static qd_err check_metrics_listen(const char *v, qd_error *err) {
+    char host[INET6_ADDRSTRLEN + 1];
+    const char *start = v, *end, *port;
+    if (v[0] == '[') {
+        start = v + 1;
+        end = strchr(v, ']');
+        if (!end || end[1] != ':') return expected(err, METRICS_LISTEN_EXPECTED, v, NULL);
+        port = end + 2;
+    } else {
+        end = strrchr(v, ':');
+        if (!end) return expected(err, METRICS_LISTEN_EXPECTED, v, NULL);
+        if (memchr(v, ':', (size_t)(end - v)))
+            return expected(err, "an IPv6 address in brackets, such as '[::1]:7434'", v, NULL);
+        port = end + 1;
+    }
+    size_t n = (size_t)(end - start);
+    if (n == 0 || n >= sizeof host) return expected(err, METRICS_LISTEN_EXPECTED, v, NULL);
+    memcpy(host, start, n);
+    host[n] = '\0';
+    if (!parse_port(port))
+        return expected(err, "a port 0..65535 after the host (0 picks a free port)", v, NULL);
+    struct in_addr a4;
+    struct in6_addr a6;
+    if (v[0] == '[') {
+        if (inet_pton(AF_INET6, host, &a6) != 1)
+            return expected(err, "an IPv6 address in brackets (no zone)", v, NULL);
+    } else if (strcmp(host, "localhost") != 0 && inet_pton(AF_INET, host, &a4) != 1) {
+        return expected(err, "an IPv4 address or localhost before ':port' (names are not "
+                        "resolved)", v, NULL);
+    }
+    return QD_OK;
+}
+
 /* An absolute path (model_roots items). Roots are compared after realpath(), at use. */
 static qd_err check_abs_path(const char *v, qd_error *err) {
     if (v[0] != '/')
@@ -443,6 +481,12 @@ static const char *const log_level_words[] = {"error", "warning", "notice", "inf
     {.name = #field, .type = QD_CFG_DURATION, .flags = flags_,                                \
      .offset = FIELD_(field, int64_t), .def = def_, .min = lo, .max = hi, .help = help_}
 
+/* An optional string: unset (NULL) by default, "" unsets it; check_ sees only set values. */
+#define KEY_OPT_STRING(field, flags_, check_, allowed_, help_)                                 \
+    {.name = #field, .type = QD_CFG_STRING, .flags = (flags_) | QD_CFG_OPTIONAL,              \
+     .offset = FIELD_(field, char *), .def = "\"\"", .def_doc = "none", .check = check_,     \
+     .allowed = allowed_, .help = help_}
+
 /* An optional path: unset (NULL) by default, "" unsets it. */
 #define KEY_OPT_PATH(field, flags_, help_)                                                     \
     {.name = #field, .type = QD_CFG_PATH, .flags = (flags_) | QD_CFG_OPTIONAL,                \
@@ -501,6 +545,11 @@ static const qd_config_key config_keys[] = {
              "Bearer tokens, by sha256: ROLE read, submit or admin; empty with no file = open."),
     KEY_OPT_PATH(auth.token_file, RELOADABLE,
                  "File of more auth.tokens entries, one per line, # comments; re-read on SIGHUP."),
+    KEY_OPT_STRING(metrics.listen, IMMUTABLE, check_metrics_listen,
+                   "IPV4:PORT, [IPV6]:PORT, localhost:PORT, or \"\" for none",
+                   "HTTP address of the Prometheus /metrics endpoint; unset = none; not reloaded."),
+    KEY_BOOL(metrics.allow_remote, IMMUTABLE, "false",
+             "Allow metrics.listen on an address other than loopback (plain HTTP, no auth)."),
 };
 
 #define N_KEYS (sizeof config_keys / sizeof config_keys[0])
@@ -650,7 +699,7 @@ static qd_err parse_scalar(const qd_config_key *k, const char *text, cfg_value *
     switch (k->type) {
     case QD_CFG_STRING:
     case QD_CFG_PATH:
-        if (k->type == QD_CFG_PATH && (k->flags & QD_CFG_OPTIONAL) && text[0] == '\0') {
+        if ((k->flags & QD_CFG_OPTIONAL) && text[0] == '\0') {
             v->str = NULL; /* unset */
             return QD_OK;
         }
@@ -782,6 +831,9 @@ static const char *const cross_rules[] = {
     "Every `listen` address other than loopback (127.x.x.x, `[::1]`, `localhost`) or a unix "
     "socket needs `tls.cert`, unless `allow_insecure_remote` is true (plaintext on a network "
     "is refused by default). Unix sockets stay plaintext: their file mode guards them.",
+    "`metrics.listen` other than loopback (127.x.x.x, `[::1]`, `localhost`) needs "
+    "`metrics.allow_remote: true`: the endpoint is plain HTTP without auth, and its numbers "
+    "(jobs, methods, traffic) are not for everyone.",
 };
 
 typedef struct rules {
@@ -884,6 +936,14 @@ static qd_err validate(const rules *r) {
                          "true",
                          qd_yaml_excerpt(c->listen[i], strlen(c->listen[i]), q, sizeof q));
     }
+    if (c->metrics.listen && !c->metrics.allow_remote &&
+        !qd_config_listen_is_local(c->metrics.listen))
+        return rule_fail(r, KEY_(metrics.listen), KEY_(metrics.listen),
+                         "'%s' is not a loopback address, and the endpoint is plain HTTP "
+                         "without auth: set metrics.allow_remote: true to serve it to the "
+                         "network",
+                         qd_yaml_excerpt(c->metrics.listen, strlen(c->metrics.listen), q,
+                                         sizeof q));
     return QD_OK;
 }
 

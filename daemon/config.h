@@ -84,6 +84,10 @@ typedef struct qd_config {
         size_t n_tokens;
         char *token_file; /* one such entry per line; NULL = none */
     } auth;
+    struct {
+        char *listen;      /* "IPV4:PORT", "[IPV6]:PORT" or "localhost:PORT"; NULL = no endpoint */
+        bool allow_remote; /* listen on an address other than loopback */
+    } metrics;
 } qd_config;
 
 /* The roles a bearer token grants, each including the ones before it. */
@@ -113,8 +117,8 @@ typedef enum qd_config_type {
 } qd_config_type;
 
 /* Key flags. A reloadable key may change on SIGHUP; an immutable one needs a restart. An
- * optional PATH key may be unset (NULL): its default is written "" and so is an unset value in
- * a file or a dump. */
+ * optional PATH or STRING key may be unset (NULL): its default is written "" and so is an unset
+ * value in a file or a dump. */
 #define QD_CFG_IMMUTABLE 0u
 #define QD_CFG_RELOADABLE (1u << 0)
 #define QD_CFG_OPTIONAL (1u << 1)

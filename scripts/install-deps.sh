@@ -18,7 +18,7 @@ done
 pkgs=(
     build-essential cmake pkg-config git
     libgrpc-dev protobuf-c-compiler libprotobuf-c-dev protobuf-compiler
-    libsqlite3-dev libyaml-dev libjansson-dev libssl-dev zlib1g-dev
+    libsqlite3-dev libyaml-dev libjansson-dev libssl-dev zlib1g-dev libmicrohttpd-dev
     libopenblas-dev liblapacke-dev
     clang libclang-rt-14-dev
     python3 python3-pip

@@ -66,7 +66,7 @@ static bool list_is(char **v, size_t n, const char *const *want, size_t nwant) {
 
 QD_TEST(table_is_well_formed) {
     size_t n = qd_config_key_count();
-    QD_CHECK_EQ_INT(n, 22);
+    QD_CHECK_EQ_INT(n, 24);
     QD_CHECK(qd_config_key_at(n) == NULL);
     for (size_t i = 0; i < n; i++) {
         const qd_config_key *k = qd_config_key_at(i);
@@ -555,6 +555,66 @@ QD_TEST(plaintext_remote_listen_is_refused) {
     QD_CHECK(!qd_config_listen_is_local("127.0.0.1.example.org:80"));
 }
 
+QD_TEST(metrics_endpoint_keys) {
+    qd_config c = {0};
+    qd_error err = {0};
+    /* Off by default; loopback forms pass, port 0 included. */
+    QD_CHECK_OK(parse("", &c, &err), &err);
+    QD_CHECK(c.metrics.listen == NULL);
+    QD_CHECK(!c.metrics.allow_remote);
+    static const char *const ok[] = {"127.0.0.1:9100", "127.0.0.1:0", "localhost:9100",
+                                     "[::1]:9100", "127.8.9.10:65535"};
+    for (size_t i = 0; i < sizeof ok / sizeof ok[0]; i++) {
+        char yaml[128];
+        snprintf(yaml, sizeof yaml, "metrics:\n  listen: \"%s\"\n", ok[i]);
+        QD_CHECK_OK(parse(yaml, &c, &err), &err);
+        QD_CHECK_EQ_STR(c.metrics.listen, ok[i]);
+    }
+    /* "" unsets it again. */
+    QD_CHECK_OK(parse("metrics.listen: \"\"\n", &c, &err), &err);
+    QD_CHECK(c.metrics.listen == NULL);
+
+    /* Beyond loopback only with metrics.allow_remote; the message names the key, the line,
+     * the address and the way out. allow_insecure_remote (the gRPC rule) does not open it. */
+    EXPECT_FAIL("log_level: info\nmetrics:\n  listen: 0.0.0.0:9100\n",
+                "test.yaml:3: metrics.listen: '0.0.0.0:9100' is not a loopback address",
+                "metrics.allow_remote: true", NULL);
+    EXPECT_FAIL("allow_insecure_remote: true\nmetrics.listen: \"[::]:9100\"\n",
+                "metrics.listen: '[::]:9100'", "metrics.allow_remote", NULL);
+    EXPECT_FAIL("metrics: {listen: \"10.1.2.3:9100\", allow_remote: false}\n",
+                "'10.1.2.3:9100'", NULL, NULL);
+    QD_CHECK_OK(parse("metrics: {listen: \"0.0.0.0:9100\", allow_remote: true}\n", &c, &err),
+                &err);
+    QD_CHECK_EQ_STR(c.metrics.listen, "0.0.0.0:9100");
+    QD_CHECK(c.metrics.allow_remote);
+
+    /* Forms that are not an address the endpoint can bind. */
+    EXPECT_FAIL("metrics.listen: example.com:9100\n", "test.yaml:1: metrics.listen: expected",
+                "'example.com:9100'", "names are not resolved");
+    EXPECT_FAIL("metrics.listen: \"unix:/run/m.sock\"\n", "metrics.listen: expected", NULL,
+                NULL);
+    EXPECT_FAIL("metrics.listen: \"::1:9100\"\n", "IPv6 address in brackets", NULL, NULL);
+    EXPECT_FAIL("metrics.listen: \"127.0.0.1:65536\"\n", "a port 0..65535", NULL, NULL);
+    EXPECT_FAIL("metrics.listen: \"127.0.0.1\"\n", "metrics.listen: expected", NULL, NULL);
+    EXPECT_FAIL("metrics.listen: \"[::1%lo]:9100\"\n", "no zone", NULL, NULL);
+    EXPECT_FAIL("metrics.allow_remote: maybe\n", "metrics.allow_remote: expected true or false",
+                NULL, NULL);
+
+    /* Neither key is reloadable: a reload that changes one is logged as waiting for a
+     * restart. */
+    qd_config b = {0};
+    QD_REQUIRE(parse("metrics: {listen: \"127.0.0.1:9100\", allow_remote: true}\n", &b, &err)
+               == QD_OK);
+    qd_config_free(&c);
+    QD_REQUIRE(parse("", &c, &err) == QD_OK);
+    const char *names[4] = {0};
+    QD_CHECK_EQ_INT(qd_config_immutable_changes(&c, &b, names, 4), 2);
+    QD_CHECK_EQ_STR(names[0], "metrics.listen");
+    QD_CHECK_EQ_STR(names[1], "metrics.allow_remote");
+    qd_config_free(&b);
+    qd_config_free(&c);
+}
+
 QD_TEST(tls_keys_come_in_pairs) {
     EXPECT_FAIL("tls.cert: /c.pem\n", "tls.key: not set, but tls.cert is", NULL, NULL);
     EXPECT_FAIL("tls.key: /k.pem\n", "tls.cert: not set, but tls.key is", NULL, NULL);
@@ -931,7 +991,8 @@ QD_TEST(dump_parses_back_to_the_same_config) {
                      "  max_upload_bytes: 8191PiB\n"
                      "  max_queued_jobs: 100000\n"
                      "cache: {max_bytes: 0}\n"
-                     "shutdown: {drain_seconds: 90}\n");
+                     "shutdown: {drain_seconds: 90}\n"
+                     "metrics: {listen: \"[::1]:0\", allow_remote: true}\n");
     /* Strings YAML would fold, refuse or misread unless the dump escapes them. */
     check_round_trip("listen: [\"unix:/run/q\\\"b\\\\c\\x01\\u2028\\u2029\\x85\\uFEFF\\uFFFE "
                      "\\t\\r\\x7f\\x9f é 😀 #: - [x]\"]\n"
