@@ -89,6 +89,7 @@
 #include "model.h"
 #include "ops.h"
 #include "safetensors.h"
+#include "yamlwalk.h"
 
 #ifndef QD_VERSION
 #define QD_VERSION "0.0.0"
@@ -118,6 +119,25 @@ static const double STAGE_START[] = {
     [QD_STAGE_CALIBRATE] = 0.03, [QD_STAGE_QUANTIZE] = 0.05, [QD_STAGE_PACK] = 0.90,
     [QD_STAGE_PUBLISH] = 0.97,
 };
+
+
+/* A caller's text inside an error message: cut, control characters escaped (the details go
+ * back to the client and into the log as they are). buf: QD_YAML_EXCERPT_BUF bytes. */
+static const char *quoted(const char *s, char *buf) {
+    return qd_yaml_excerpt(s, strlen(s), buf, QD_YAML_EXCERPT_BUF);
+}
+
+/* Whether s has a byte that must not reach a message or a path unescaped. */
+static bool has_control(const char *s, size_t *at) {
+    for (size_t k = 0; s[k]; k++) {
+        unsigned char c = (unsigned char)s[k];
+        if (c < 0x20 || c == 0x7f) {
+            *at = k;
+            return true;
+        }
+    }
+    return false;
+}
 
 /* ---- types --------------------------------------------------------------------------------- */
 
@@ -638,9 +658,10 @@ static qd_err check_job_id(const char *id, qd_error *err) {
     bool ok = n == QD_STORE_ID_LEN;
     for (size_t i = 0; ok && i < n; i++)
         ok = (id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f');
+    char q[QD_YAML_EXCERPT_BUF];
     if (!ok)
-        return qd_error_set(err, QD_ERR_INVALID_ARG, "job_id '%.80s': not a job id (%d "
-                            "lowercase hex chars)", id, QD_STORE_ID_LEN);
+        return qd_error_set(err, QD_ERR_INVALID_ARG, "job_id '%s': not a job id (%d "
+                            "lowercase hex chars)", quoted(id, q), QD_STORE_ID_LEN);
     return QD_OK;
 }
 
@@ -765,9 +786,10 @@ static qd_err check_artifact_id(const char *id, qd_error *err) {
     bool ok = n == QD_STORE_ID_LEN;
     for (size_t i = 0; ok && i < n; i++)
         ok = (id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f');
+    char q[QD_YAML_EXCERPT_BUF];
     if (!ok)
-        return qd_error_set(err, QD_ERR_INVALID_ARG, "artifact_id '%.80s': not an artifact id "
-                            "(%d lowercase hex chars)", id, QD_STORE_ID_LEN);
+        return qd_error_set(err, QD_ERR_INVALID_ARG, "artifact_id '%s': not an artifact id "
+                            "(%d lowercase hex chars)", quoted(id, q), QD_STORE_ID_LEN);
     return QD_OK;
 }
 
@@ -875,25 +897,28 @@ static qd_err check_name(size_t i, const char *name, qd_error *err) {
     if (n > MAX_NAME_BYTES)
         return qd_error_set(err, QD_ERR_INVALID_ARG, "manifest.files[%zu].name: longer than %d "
                             "bytes", i, MAX_NAME_BYTES);
+    char q[QD_YAML_EXCERPT_BUF];
     if (name[0] == '/')
-        return qd_error_set(err, QD_ERR_INVALID_ARG, "manifest.files[%zu].name '%.200s': an "
-                            "absolute path; names are relative to the bundle", i, name);
+        return qd_error_set(err, QD_ERR_INVALID_ARG, "manifest.files[%zu].name '%s': an "
+                            "absolute path; names are relative to the bundle", i,
+                            quoted(name, q));
     for (size_t k = 0; k < n; k++) {
         unsigned char c = (unsigned char)name[k];
         if (c < 0x20 || c == 0x7f || c == '\\')
-            return qd_error_set(err, QD_ERR_INVALID_ARG, "manifest.files[%zu].name '%.200s': "
-                                "control character or backslash at byte %zu", i, name, k);
+            return qd_error_set(err, QD_ERR_INVALID_ARG, "manifest.files[%zu].name '%s': "
+                                "control character or backslash at byte %zu", i,
+                                quoted(name, q), k);
     }
     const char *p = name;
     for (;;) {
         const char *slash = strchr(p, '/');
         size_t len = slash ? (size_t)(slash - p) : strlen(p);
         if (len == 0)
-            return qd_error_set(err, QD_ERR_INVALID_ARG, "manifest.files[%zu].name '%.200s': "
-                                "empty path segment", i, name);
+            return qd_error_set(err, QD_ERR_INVALID_ARG, "manifest.files[%zu].name '%s': "
+                                "empty path segment", i, quoted(name, q));
         if ((len == 1 && p[0] == '.') || (len == 2 && p[0] == '.' && p[1] == '.'))
-            return qd_error_set(err, QD_ERR_INVALID_ARG, "manifest.files[%zu].name '%.200s': "
-                                "'.' and '..' segments are not allowed", i, name);
+            return qd_error_set(err, QD_ERR_INVALID_ARG, "manifest.files[%zu].name '%s': "
+                                "'.' and '..' segments are not allowed", i, quoted(name, q));
         if (!slash) break;
         p = slash + 1;
     }
@@ -993,9 +1018,10 @@ qd_err qd_service_upload_begin(struct qd_service *svc, const qd_caller *who,
     if (kind != QD_BUNDLE_MODEL && kind != QD_BUNDLE_CALIBRATION)
         return qd_error_set(err, QD_ERR_INVALID_ARG, "kind: %d is not MODEL (1) or "
                             "CALIBRATION (2)", (int)kind);
+    char q[QD_YAML_EXCERPT_BUF];
     if (expected_digest && *expected_digest && !is_hex64(expected_digest))
-        return qd_error_set(err, QD_ERR_INVALID_ARG, "expected_digest '%.80s': not 64 "
-                            "lowercase hex chars", expected_digest);
+        return qd_error_set(err, QD_ERR_INVALID_ARG, "expected_digest '%s': not 64 "
+                            "lowercase hex chars", quoted(expected_digest, q));
     lock(svc);
     uint64_t limit = svc->max_upload_bytes;
     unlock(svc);
@@ -1111,9 +1137,10 @@ qd_err qd_service_upload_chunk(struct qd_upload *up, int64_t file_index, const c
     } else {
         for (size_t i = 0; file_name && i < up->n_files && !f; i++)
             if (strcmp(up->files[i].name, file_name) == 0) f = &up->files[i];
+        char q[QD_YAML_EXCERPT_BUF];
         if (!f)
-            return qd_error_set(err, QD_ERR_INVALID_ARG, "chunk.name '%.200s': not in the "
-                                "manifest", file_name ? file_name : "(none)");
+            return qd_error_set(err, QD_ERR_INVALID_ARG, "chunk.name '%s': not in the "
+                                "manifest", file_name ? quoted(file_name, q) : "(none)");
     }
     lock(svc);
     uint64_t max_chunk = svc->chunk_bytes;
@@ -1248,9 +1275,10 @@ qd_err qd_service_bundle_stat(struct qd_service *svc, const qd_caller *who, cons
     int kind = 0;
     qd_err rc = QD_OK;
     if (digest) {
+        char q[QD_YAML_EXCERPT_BUF];
         if (!is_hex64(digest))
-            return qd_error_set(err, QD_ERR_INVALID_ARG, "digest '%.80s': not 64 lowercase "
-                                "hex chars", digest);
+            return qd_error_set(err, QD_ERR_INVALID_ARG, "digest '%s': not 64 lowercase "
+                                "hex chars", quoted(digest, q));
         copy_text(hex, sizeof hex, digest);
         lock(svc);
         rc = qd_store_model_files(svc->store, digest, &own, &n, err);
@@ -1302,9 +1330,15 @@ static qd_err resolve_model_path(const struct qd_service *svc, const char *path,
     if (svc->n_roots == 0)
         return qd_error_set(err, QD_ERR_PERMISSION, "model_path: this server reads no models "
                             "by path (model_roots is empty); upload the model with PutModel");
+    char q[QD_YAML_EXCERPT_BUF];
+    size_t at;
     if (!path || path[0] != '/')
-        return qd_error_set(err, QD_ERR_INVALID_ARG, "model_path '%.200s': not an absolute "
-                            "path", path ? path : "");
+        return qd_error_set(err, QD_ERR_INVALID_ARG, "model_path '%s': not an absolute "
+                            "path", path ? quoted(path, q) : "");
+    /* Refused before anything echoes it whole: the checks below quote the path in full. */
+    if (has_control(path, &at))
+        return qd_error_set(err, QD_ERR_INVALID_ARG, "model_path '%s': control character at "
+                            "byte %zu", quoted(path, q), at);
     if (!realpath(path, real))
         return qd_error_set(err, errno == ENOENT ? QD_ERR_NOT_FOUND : QD_ERR_IO,
                             "model_path '%.200s': %s", path, strerror(errno));
@@ -2216,9 +2250,10 @@ qd_err qd_service_job_list(struct qd_service *svc, const qd_caller *who,
                                 i, (int)states[i]);
         mask |= 1u << to_store_state(states[i]);
     }
+    char q[QD_YAML_EXCERPT_BUF];
     if (model_digest && *model_digest && !is_hex64(model_digest))
-        return qd_error_set(err, QD_ERR_INVALID_ARG, "model_digest '%.80s': not 64 lowercase "
-                            "hex chars", model_digest);
+        return qd_error_set(err, QD_ERR_INVALID_ARG, "model_digest '%s': not 64 lowercase "
+                            "hex chars", quoted(model_digest, q));
     if (page_after && *page_after) {
         qd_err rc = check_job_id(page_after, err);
         if (rc != QD_OK) {
