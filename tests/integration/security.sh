@@ -220,16 +220,27 @@ expect "owners: the admin fetches alice's artifact" 0 "" \
     $QC $TLS --token "$t_admin" fetch "${art_a:-none}" -o "$tmp/admin-fetch"
 expect "owners: still SERVING after the refusals" 0 SERVING $QC $TLS health
 
+# SIGHUP, then wait for the reload's last line: "reloaded PATH", or "...; keeping the running
+# configuration" when it was refused (a fixed sleep loses to a loaded machine).
+reload_server() {
+    pat='reloaded \|keeping the running configuration$'
+    before=$(grep -c "$pat" "$log")
+    kill -HUP "$server_pid"
+    i=0
+    while [ "$(grep -c "$pat" "$log")" -le "$before" ] && [ $i -lt 300 ]; do
+        i=$((i + 1))
+        sleep 0.1
+    done
+}
+
 # ---- SIGHUP: a bad token file keeps the old tokens, a good one replaces them --------------------
 printf 'admin:not-a-hash\n' >"$tmp/tokens"
-kill -HUP "$server_pid"
-sleep 0.5
+reload_server
 grep -q "reload: auth.token_file: .*tokens:1:" "$log" &&
     ok "reload: an invalid token file is logged" || bad "reload: no error logged" "$log"
 expect "reload: the old admin token still works" 0 "" $QC $TLS --token "$t_admin" ls
 printf 'admin:%s:later\n' "$(hash_of "$t_later")" >"$tmp/tokens"
-kill -HUP "$server_pid"
-sleep 0.5
+reload_server
 expect "reload: the new token works" 0 "" $QC $TLS --token "$t_later" ls
 expect "reload: the removed token is refused" 3 UNAUTHENTICATED $QC $TLS --token "$t_admin" ls
 
@@ -274,15 +285,13 @@ expect "mTLS: a server certificate of a foreign CA is not trusted" 4 "" \
 # a valid new one (here from the foreign CA) serves the next connections.
 cp "$pki/server.key" "$pki/server.key.good"
 printf 'not a key\n' >"$pki/server.key"
-kill -HUP "$server_pid"
-sleep 0.5
+reload_server
 grep -q "reload: tls.key: .*not a PEM file" "$log" &&
     ok "reload: an invalid key is logged" || bad "reload: no tls.key error logged" "$log"
 expect "reload: the old certificate still serves" 0 SERVING $QC $MTLS health
 cp "$pki/stranger.pem" "$pki/server.pem"
 cp "$pki/stranger.key" "$pki/server.key"
-kill -HUP "$server_pid"
-sleep 0.5
+reload_server
 expect "reload: the new certificate serves new connections" 0 SERVING \
     $QC --tls-ca "$pki/foreign.pem" --tls-cert "$pki/client.pem" --tls-key "$pki/client.key" \
     health
