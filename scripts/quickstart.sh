@@ -22,7 +22,7 @@ echo "== quantd serve (embedded defaults; log: $log)"
 pid=$!
 stop() { kill -TERM "$pid" 2>/dev/null && wait "$pid" 2>/dev/null || true; }
 trap stop EXIT
-for _ in $(seq 1 100); do
+for _ in $(seq 1 300); do
     grep -q "listening on" "$log" 2>/dev/null && break
     kill -0 "$pid" 2>/dev/null || { cat "$log"; echo "quickstart: quantd serve exited" >&2; exit 1; }
     sleep 0.1

@@ -250,6 +250,7 @@ grep -q "$t_read\|$t_submit\|$t_admin" "$log" && bad "a token reached the log" "
 stop_server
 
 # ---- two TLS addresses: each gets the certificate ---------------------------------------------
+: >"$tmp/two.log" # before the loop below reads it, whenever the background shell opens it
 "$QUANTD" serve --config "$tmp/quantd.yaml" --listen 127.0.0.1:0 --listen 127.0.0.2:0 \
     --data-dir "$tmp/d3" >"$tmp/two.log" 2>&1 &
 two_pid=$!

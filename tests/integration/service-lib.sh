@@ -54,6 +54,7 @@ bad() {
 start_server() {
     server_n=$((server_n + 1))
     log="$tmp/server-$server_n.log"
+    : >"$log" # made here: the background shell may open it after the loop's first look
     "$QUANTD" serve --config "$tmp/quantd.yaml" --listen 127.0.0.1:0 --data-dir "$1" \
         >"$log" 2>&1 &
     server_pid=$!
