@@ -2,7 +2,8 @@
 # Install what the tests need, then build and run the whole suite:
 #   1. the normal build (CUDA compiled when a toolkit is found), every ctest label;
 #   2. an ASan+UBSan build, every test again;
-#   3. a clang libFuzzer build, each fuzz target for a bounded time (QD_FUZZ_SECONDS, 30 s).
+#   3. a clang libFuzzer build, each fuzz target for a bounded time (QD_FUZZ_SECONDS, 30 s, for
+#      the file parsers; QD_FUZZ_RPC_SECONDS, 10 s, for each RPC's request decoding).
 # Options: --no-asan, --no-fuzz skip steps 2 and 3.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -41,6 +42,6 @@ if [ "$fuzz" -eq 1 ]; then
     echo "== build (libFuzzer, clang)"
     CC=clang scripts/build.sh build-fuzz -DQUANTD_FUZZ=ON -DQUANTD_CUDA=OFF \
         -DCMAKE_BUILD_TYPE=RelWithDebInfo
-    echo "== fuzz (${QD_FUZZ_SECONDS:-30} s per target)"
-    ctest --test-dir build-fuzz -L '^fuzz$' -E replay --output-on-failure
+    echo "== fuzz (${QD_FUZZ_SECONDS:-30} s per file target, ${QD_FUZZ_RPC_SECONDS:-10} s per RPC)"
+    ctest --test-dir build-fuzz -j"$jobs" -L '^fuzz$' -E replay --output-on-failure
 fi
