@@ -102,8 +102,9 @@ int qd_cpu_threads(void);
 void qd_cpu_parallel_for(int n_threads, int64_t n_items,
                          void (*fn)(void *ctx, int64_t begin, int64_t end), void *ctx);
 
-/* Same contract as qd_matmul_ref; fp32 accumulation through cblas_sgemm, split over threads
- * by rows of x (or rows of W when x has few rows). */
+/* Same contract as qd_matmul_ref; fp32 accumulation through single-threaded cblas_sgemm calls
+ * on output tiles sized from (m, n) only, spread over threads: the bits do not depend on the
+ * thread count. */
 void qd_matmul_cpu(float *y, const float *x, const float *w, const float *bias, int64_t m,
                    int64_t n, int64_t k);
 

@@ -19,9 +19,10 @@
  * candidate module outputs ([T, hidden] each), and the block functions' own chunked scratch.
  *
  * Threads: the heavy work (block forwards and the clip search's products) goes through the
- * runtime's kernels (ops.h, qd_run_opts.use_ref picks the reference ones), which split rows
- * across the configured threads; every other loop here is sequential and in a fixed order,
- * so the result is bit-identical for the same inputs, kernels and thread count.
+ * runtime's kernels (ops.h, qd_run_opts.use_ref picks the reference ones), which split their
+ * work across the configured threads in pieces fixed by the problem size; every other loop
+ * here (the loss and statistics sums included) is sequential and in a fixed order, so the
+ * result is bit-identical for the same inputs and kernels whatever the thread count.
  *
  * On a CUDA device (qd_run_opts.kernels is the CUDA table) the block forwards of the QKV and
  * GATE_UP searches go through the table, the O and DOWN searches evaluate each candidate with

@@ -41,10 +41,13 @@
  *   - Inside a block the rows are independent (every update of row r uses only row r and U),
  *     so rows are processed in parallel, each walking its columns in order; the group
  *     parameters a block needs are all read at block start, before the block changes
- *     anything, which is exactly the stale-column semantics of step 7. The result does not
- *     depend on the thread count except through the trailing GEMM (qd_matmul_cpu).
+ *     anything, which is exactly the stale-column semantics of step 7.
  *   - The trailing update is qd_matmul_cpu (cblas_sgemm, threaded by the kernels) of the
  *     block's errors E [n, b] with U[i1:i2, i2:]^T, in column chunks, subtracted from W.
+ *   - The result does not depend on the thread count: rows are independent, the Hessian's
+ *     X^T X and the trailing GEMM are cut into fixed tiles (kernels/cpu/matmul.c), and the
+ *     factorisation runs on OpenBLAS made single-threaded first (its parallel spotrf blocks
+ *     the work by its own thread count, which OPENBLAS_NUM_THREADS or the machine sets).
  *   - Scales are rounded to the scale dtype before the codes are chosen (kernels/quant.h), and
  *     the error feedback uses the dequantized value of the stored scale, so what GPTQ
  *     compensates is what the engine will compute. (AutoGPTQ quantizes with the fp32 scale
@@ -59,6 +62,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "cpu/cpu.h" /* qd_cpu_blas_init */
 #include "ops.h"
 
 /* Rows of a calibration batch scaled and multiplied per BLAS call (scratch: rows * k floats). */
@@ -240,7 +244,9 @@ static int inverse_factor(const qd_gptq_hessian *hs, const int *perm, float damp
         *dd += damp;
     }
     /* Symmetric, so row-major is column-major: LAPACK's 'U' factor R = U_cm^T U_cm is, seen
-     * row-major, L L^T with L = U_cm^T lower; strtri inverts it in place to L^-1. */
+     * row-major, L L^T with L = U_cm^T lower; strtri inverts it in place to L^-1. OpenBLAS
+     * single-threaded first, whoever accumulated H (see DESIGN). */
+    qd_cpu_blas_init();
     lapack_int info = LAPACKE_spotrf(LAPACK_COL_MAJOR, 'U', (lapack_int)k, u, (lapack_int)k);
     if (info != 0) return (int)info;
     info = LAPACKE_strtri(LAPACK_COL_MAJOR, 'U', 'N', (lapack_int)k, u, (lapack_int)k);

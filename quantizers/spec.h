@@ -44,8 +44,11 @@ extern "C" {
 
 /* Version of quantd's numerics (kernels, rounding, search order). Bump it when the same spec
  * on the same model would give different bytes: it is part of the canonical text, so every
- * cached artifact made before the change stops matching. */
-#define QD_NUMERICS_VERSION 1
+ * cached artifact made before the change stops matching.
+ *   1  first release
+ *   2  the cpu GEMM is cut into fixed tiles instead of one slice per thread, so results no
+ *      longer depend on the thread count (and differ from version 1's on every count) */
+#define QD_NUMERICS_VERSION 2
 
 /* Values match proto enum Method. */
 typedef enum qd_spec_method {

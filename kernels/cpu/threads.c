@@ -8,6 +8,12 @@
  * state shared between calls, nothing to leak when a job fails. The thread count is one
  * process-wide setting. OpenBLAS itself runs single-threaded, inside these threads (see
  * matmul.c), so the two never compete for the cores.
+ *
+ * The ranges follow the thread count, so a result must never depend on them: every caller
+ * makes each item's result independent of which range holds it and of the order ranges run
+ * in (rows written by one thread, GEMM tiles fixed by the problem size, no partial sums
+ * merged per range, no float atomics). That is what keeps a job's bytes the same on any
+ * number of threads (tests/unit/test-determinism.c).
  */
 #include <cblas.h>
 #include <pthread.h>

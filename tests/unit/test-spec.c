@@ -954,13 +954,13 @@ static const char golden_awq[] =
     "{\"awq\":{\"apply_clip\":true,\"clip_n_grid\":20,\"duo_scaling\":true,\"max_shrink\":0.5,"
     "\"n_grid\":20,\"n_sample_tokens\":512},\"bits\":4,\"calibration\":{\"digest\":\"" DIG "\","
     "\"rows\":128,\"seq_len\":512},\"format\":\"awq\",\"group_size\":128,\"method\":\"awq\","
-    "\"modules_to_not_convert\":[],\"numerics_version\":1,\"scale_dtype\":\"f16\","
+    "\"modules_to_not_convert\":[],\"numerics_version\":2,\"scale_dtype\":\"f16\","
     "\"symmetric\":false}";
 static const char golden_awq_digest[] =
-    "0d8666c59fc4b311d9554f253490e23c57884f9a542f28bdce8de74c49abe045";
+    "99311906ec1da377b7a780af8ed9f53d13a3d8a94cddd15130f22a8801b85e93";
 
 QD_TEST(golden_canonical_text_of_the_default_awq_spec) {
-    QD_CHECK_EQ_INT(QD_NUMERICS_VERSION, 1);
+    QD_CHECK_EQ_INT(QD_NUMERICS_VERSION, 2);
     char *text = canonical_of_yaml("method: awq\nformat: awq\ncalibration:\n  digest: " DIG "\n");
     QD_REQUIRE(text);
     QD_CHECK_EQ_STR(text, golden_awq);
@@ -981,7 +981,7 @@ QD_TEST(golden_canonical_text_of_gptq_and_fp8) {
                     "\"block_size\":128,\"damp_percent\":0.01,\"mse\":false,"
                     "\"static_groups\":false,\"true_sequential\":true},\"group_size\":128,"
                     "\"method\":\"gptq\",\"modules_to_not_convert\":[\"lm_head\","
-                    "\"model.layers.0.mlp.down_proj\"],\"numerics_version\":1,"
+                    "\"model.layers.0.mlp.down_proj\"],\"numerics_version\":2,"
                     "\"scale_dtype\":\"f16\",\"symmetric\":true}");
     free(text);
     text = canonical_of_yaml("method: fp8\nformat: compressed-tensors\n");
@@ -989,7 +989,7 @@ QD_TEST(golden_canonical_text_of_gptq_and_fp8) {
     QD_CHECK_EQ_STR(text, "{\"bits\":8,\"format\":\"compressed-tensors\",\"fp8\":{"
                           "\"activation_scheme\":\"dynamic\",\"weight_scale\":\"channel\"},"
                           "\"method\":\"fp8\",\"modules_to_not_convert\":[],"
-                          "\"numerics_version\":1,\"scale_dtype\":\"model\",\"symmetric\":true}");
+                          "\"numerics_version\":2,\"scale_dtype\":\"model\",\"symmetric\":true}");
     free(text);
     text = canonical_of_yaml("method: smoothquant\nformat: modelopt\ncalibration.digest: " DIG
                              "\nsmoothquant.alpha: 0.85\n");
@@ -1069,7 +1069,7 @@ QD_TEST(canonical_text_is_sorted_json_with_the_method_fields_only) {
         for (int k = 0; cases[i].must_not[k]; k++)
             QD_CHECK_MSG(!strstr(text, cases[i].must_not[k]), "%s has %s", text,
                          cases[i].must_not[k]);
-        QD_CHECK(strstr(text, "\"numerics_version\":1,"));
+        QD_CHECK(strstr(text, "\"numerics_version\":2,"));
         free(text);
     }
     QD_CHECK(!keys_sorted("{\"b\":1,\"a\":2}")); /* the scanner can fail */
