@@ -19,6 +19,7 @@
 #include "fsutil.h"
 #include "job.h"
 #include "model.h"
+#include "ops.h"
 #include "safetensors.h"
 #include "spec.h"
 
@@ -40,7 +41,8 @@ static void quantize_usage(FILE *out) {
             "                      none (default: none, an in-memory report only)\n"
             "  -o, --output DIR    write the artifact there (needs --format; DIR must not\n"
             "                      exist; built in a staging directory, renamed when complete)\n"
-            "  --threads T         worker threads (default: all cores)\n"
+            "  --threads T         CPU threads for the kernels and OpenBLAS (default: all CPUs;\n"
+            "                      the artifact is the same for any count)\n"
             "  --device D          cpu (default) | cuda:N | auto (cuda:0 when there is one,\n"
             "                      else cpu; the choice is said on stderr)\n"
             "  -q, --quiet         no progress on stderr\n"
@@ -304,7 +306,7 @@ int qd_cmd_quantize(int argc, char **argv) {
     qd_job_progress jp = {.ctx = &prog, .stage = on_stage, .layer_done = on_layer};
     qd_run_opts run = {0};
     qd_job_device_run_opts(&dev, &run);
-    (void)threads; /* the kernels size their pool from the machine; see --threads in eval */
+    if (threads > 0) qd_cpu_set_threads((int)threads); /* results do not depend on it */
     if (qd_job_quantize(m, &spec, calib, c_rows, c_len, &jp, &run, &res, &err) != QD_OK)
         goto fail;
     have_res = true;
