@@ -1,6 +1,8 @@
 /*
  * backend.c - backend names, device discovery (CPU always; CUDA when built and present) and
- * the ref and cpu kernel tables (the CUDA table is in kernels/cuda/table.cu).
+ * the ref and cpu kernel tables (the CUDA table is in kernels/cuda/table.cu). CUDA devices are
+ * counted through the loader (cuda_loader.c), which loads the CUDA module on that first call
+ * only; without a driver or the module the note says why.
  */
 #include "backend.h"
 
@@ -11,9 +13,7 @@
 #include "ops.h"
 
 #ifdef QD_HAVE_CUDA
-/* kernels/cuda/device.cu */
-int qd_cuda_device_count(const char **note);
-int qd_cuda_device_info(int index, qd_device_info *out);
+#include "cuda/module.h" /* qd_cuda_device_count, qd_cuda_device_info (cuda_loader.c) */
 #endif
 
 const char *qd_backend_name(qd_backend_kind k) {
