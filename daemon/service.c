@@ -195,7 +195,7 @@ struct qd_service {
     int64_t max_queued;
     int threads_now, threads_wanted;
 
-    char devices[8][64];
+    char devices[8][160];
     int n_devices;
     pthread_t *workers;
     int n_workers, n_started;
@@ -2549,7 +2549,7 @@ static int plan_devices(struct qd_service *svc, const qd_config *cfg) {
                  found[gpus[i]].index, found[gpus[i]].name);
     if ((want_all_gpus || n_wanted_gpus > 0) && n_gpus == 0 && svc->n_devices < 8 && !want_cpu)
         snprintf(svc->devices[svc->n_devices++], sizeof svc->devices[0],
-                 "no GPU found: %.40s", note ? note : "CUDA not built in");
+                 "no GPU found: %.140s", note ? note : "CUDA not built in");
     svc->worker_args = calloc((size_t)(n_cpu + n_gpus), sizeof *svc->worker_args);
     if (!svc->worker_args) return 0;
     for (int i = 0; i < n_cpu + n_gpus; i++) {

@@ -85,7 +85,7 @@ int64_t qd_service_now_mono_ms(void);
 typedef struct qd_service_info {
     char version[64];
     int n_workers;             /* CPU workers (+ GPU workers later) */
-    char devices[8][64];       /* "cpu (2 threads)", "cuda:0 NVIDIA H100 80GB HBM3" */
+    char devices[8][160];      /* "cpu (2 threads)", "cuda:0 NVIDIA H100 80GB HBM3" */
     int n_devices;
     uint64_t cache_bytes;      /* artifacts held */
     uint64_t cache_limit;      /* 0 = unlimited */
