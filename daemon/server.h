@@ -45,6 +45,7 @@
 #include <protobuf-c/protobuf-c.h>
 
 #include "error.h"
+#include "log.h"
 
 struct qd_server;
 struct qd_call;
@@ -158,13 +159,5 @@ const char *qd_call_path(const struct qd_call *call);
  * did not fit shows as *ret_len >= cap. */
 bool qd_call_metadata(const struct qd_call *call, const char *key, char *buf, size_t cap,
                       size_t *ret_len);
-
-/* ---- logging: one line per event on stderr ----------------------------------------------------
- * Levels are those of the config's log_level (enum qd_config_log_level: 0 error .. 4 debug).
- * A line reads "quantd: <level>: <message>"; under systemd's journal (JOURNAL_STREAM set) it
- * starts with the syslog priority ("<3>") so the journal files it at the right level. */
-void qd_server_set_log_level(int level);
-bool qd_server_log_enabled(int level);
-void qd_server_log(int level, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
 
 #endif /* QD_SERVER_H */

@@ -1,6 +1,6 @@
 /*
- * mock-call.c - the in-process test transport of mock-call.h: server.h's qd_call_* and
- * qd_server_log* without gRPC, driving a handler's steps synchronously and recording what it
+ * mock-call.c - the in-process test transport of mock-call.h: server.h's qd_call_* without
+ * gRPC, driving a handler's steps synchronously and recording what it
  * did.
  *
  * DESIGN
@@ -26,7 +26,6 @@
 
 #define DEFAULT_MAX_MESSAGE ((uint64_t)4 << 20)
 #define DEFAULT_DRAIN_AFTER 16
-#define LOG_LINE_MAX 2048
 
 enum action { ACT_NONE, ACT_RECV, ACT_SEND, ACT_FINISH, ACT_WAIT };
 
@@ -61,35 +60,6 @@ struct qd_call {
 
     qd_mock_result res;
 };
-
-/* ---- logging (rpc.c logs through these) ------------------------------------------------------ */
-
-/* Levels as server.h: 0 error .. 4 debug. Quiet by default (errors only): a fuzzer makes
- * thousands of calls a second. */
-static atomic_int log_level = 0;
-
-void qd_server_set_log_level(int level) {
-    if (level < 0) level = 0;
-    if (level > 4) level = 4;
-    atomic_store(&log_level, level);
-}
-
-bool qd_server_log_enabled(int level) { return level <= atomic_load(&log_level); }
-
-/* Every line is formatted, printed or not, so that a bad argument for a format (a NULL %s, a
- * string without its terminator) is found whatever the log level. */
-void qd_server_log(int level, const char *fmt, ...) {
-    static const char *const names[] = {"error", "warning", "notice", "info", "debug"};
-    if (level < 0) level = 0;
-    if (level > 4) level = 4;
-    char line[LOG_LINE_MAX];
-    va_list ap;
-    va_start(ap, fmt);
-    int n = vsnprintf(line, sizeof line, fmt, ap);
-    va_end(ap);
-    if (n < 0 || !qd_server_log_enabled(level)) return;
-    fprintf(stderr, "quantd: %s: %s\n", names[level], line);
-}
 
 /* ---- helpers --------------------------------------------------------------------------------- */
 

@@ -1,6 +1,6 @@
 /*
  * mock-call.h - an in-process transport for the RPC handlers: every qd_call_* function of
- * server.h (and qd_server_log*), so the handlers of daemon/rpc.c (library qd_handlers) run
+ * server.h, so the handlers of daemon/rpc.c (library qd_handlers) run
  * without gRPC. Link it instead of server.c (qd_rpc); linking both is a duplicate symbol.
  *
  * A mock call holds what a real one holds - the method row, the app, the handler's state,
