@@ -759,9 +759,11 @@ qd_err qd_store_staging_new(struct qd_store *s, char *buf, size_t len, qd_error 
     return QD_OK;
 }
 
-/* fsync every file and directory under path, summing regular file sizes. Anything but
- * regular files and directories (a symlink could point out of the store) is refused. */
-static qd_err sync_tree(const char *path, int depth, uint64_t *total, qd_error *err) {
+/* fsync every file and directory under path, counting the regular files and summing their
+ * sizes. Anything but regular files and directories (a symlink could point out of the store)
+ * is refused. */
+static qd_err sync_tree(const char *path, int depth, uint64_t *total, size_t *n_files,
+                        qd_error *err) {
     struct stat st;
     if (lstat(path, &st) != 0)
         return qd_error_set(err, QD_ERR_IO, "%s: %s", path, strerror(errno));
@@ -775,12 +777,13 @@ static qd_err sync_tree(const char *path, int depth, uint64_t *total, qd_error *
         while (rc == QD_OK && (de = readdir(d)) != NULL) {
             if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
             rc = qd_path_join(child, sizeof child, path, de->d_name, err);
-            if (rc == QD_OK) rc = sync_tree(child, depth + 1, total, err);
+            if (rc == QD_OK) rc = sync_tree(child, depth + 1, total, n_files, err);
         }
         closedir(d);
         if (rc != QD_OK) return rc;
     } else if (S_ISREG(st.st_mode)) {
         *total += (uint64_t)st.st_size;
+        (*n_files)++;
     } else {
         return qd_error_set(err, QD_ERR_INVALID_ARG, "%s: not a regular file or directory",
                             path);
@@ -810,34 +813,9 @@ static qd_err check_staging_dir(struct qd_store *s, const char *dir, qd_error *e
     return QD_OK;
 }
 
-/* The regular files under dir, counted (to compare with a given list). */
-static qd_err count_files(const char *path, int depth, size_t *n, qd_error *err) {
-    struct stat st;
-    if (lstat(path, &st) != 0) return qd_error_set(err, QD_ERR_IO, "%s: %s", path, strerror(errno));
-    if (S_ISREG(st.st_mode)) {
-        (*n)++;
-        return QD_OK;
-    }
-    if (!S_ISDIR(st.st_mode) || depth > 16)
-        return qd_error_set(err, QD_ERR_INVALID_ARG, "%s: not a regular file or directory",
-                            path);
-    DIR *d = opendir(path);
-    if (!d) return qd_error_set(err, QD_ERR_IO, "%s: cannot list: %s", path, strerror(errno));
-    struct dirent *de;
-    qd_err rc = QD_OK;
-    char child[PATH_MAX];
-    while (rc == QD_OK && (de = readdir(d)) != NULL) {
-        if (strcmp(de->d_name, ".") == 0 || strcmp(de->d_name, "..") == 0) continue;
-        rc = qd_path_join(child, sizeof child, path, de->d_name, err);
-        if (rc == QD_OK) rc = count_files(child, depth + 1, n, err);
-    }
-    closedir(d);
-    return rc;
-}
-
-/* files must list exactly the regular files of dir, with their sizes: names valid, sorted
- * and unique (the manifest rules), each a regular file of that size, and as many as there
- * are. */
+/* files must list regular files of dir, with their sizes: names valid, sorted and unique
+ * (the manifest rules), each a regular file of that size. That the directory holds no other
+ * file is checked by publish's walk (sync_tree counts them). */
 static qd_err check_listed(const char *dir, const struct qd_store_file *files, size_t n,
                            qd_error *err) {
     char hex[QD_STORE_HEX_LEN + 1], path[PATH_MAX];
@@ -851,11 +829,6 @@ static qd_err check_listed(const char *dir, const struct qd_store_file *files, s
                               "regular file of %" PRIu64 " bytes in %s", files[i].name,
                               files[i].size, dir);
     }
-    size_t found = 0;
-    if (rc == QD_OK) rc = count_files(dir, 0, &found, err);
-    if (rc == QD_OK && found != n)
-        rc = qd_error_set(err, QD_ERR_INVALID_ARG, "publish: %s holds %zu files but %zu are "
-                          "listed", dir, found, n);
     if (rc != QD_OK) qd_error_prefix(err, "publish: ");
     return rc;
 }
@@ -928,7 +901,11 @@ qd_err qd_store_artifact_publish_ex(struct qd_store *s, const struct qd_store_pu
     snprintf(a.format, sizeof a.format, "%s", format);
     snprintf(a.job_id, sizeof a.job_id, "%s", job_id);
     uint64_t total = 0;
-    rc = sync_tree(staging_dir, 0, &total, err);
+    size_t found = 0;
+    rc = sync_tree(staging_dir, 0, &total, &found, err);
+    if (rc == QD_OK && found != n_files)
+        rc = qd_error_set(err, QD_ERR_INVALID_ARG, "publish: %s holds %zu files but %zu are "
+                          "listed", staging_dir, found, n_files);
     if (rc == QD_OK && total > (uint64_t)INT64_MAX)
         rc = qd_error_set(err, QD_ERR_TOO_LARGE, "publish: %s too large", staging_dir);
     if (rc == QD_OK) rc = new_id(a.id, err);

@@ -1004,6 +1004,8 @@ QD_TEST(publish_with_manifest_and_spec) {
     struct qd_store_artifact a;
     /* A list that leaves a file out, or gets a size wrong, is refused; nothing moves. */
     QD_CHECK_EQ_INT(qd_store_artifact_publish_ex(s, &p, &a, &err), QD_ERR_INVALID_ARG);
+    QD_CHECK_MSG(strstr(err.msg, "holds 2 files but 1 are listed"), "message: %s", err.msg);
+    QD_CHECK(qd_is_dir(stage));
     qd_error_clear(&err);
     p.n_files = 2;
     files[0].size++;
