@@ -28,6 +28,7 @@
 #include "model.h"
 #include "ops.h"
 #include "safetensors.h"
+#include "tokenizer.h"
 
 /* Tokens per forward batch by default: large enough that every GEMM has thousands of rows,
  * small enough that the batch's activations stay in the hundreds of MiB for 4k-wide models. */
@@ -68,59 +69,6 @@ static int parse_pos_int(const char *s, const char *opt, int *ret) {
     }
     *ret = (int)v;
     return 0;
-}
-
-/* Read input_ids into a new int32 array [rows * seq_len] (caller frees). */
-static qd_err load_tokens(const char *path, int32_t **ret, int64_t *ret_rows,
-                          int64_t *ret_len, qd_error *err) {
-    qd_st_file *f = NULL;
-    qd_err rc = qd_st_open(path, &f, err);
-    if (rc) return rc;
-    const qd_st_entry *e = qd_st_find(f, "input_ids");
-    if (!e) {
-        rc = qd_error_set(err, QD_ERR_NOT_FOUND, "%s: no tensor 'input_ids'", path);
-        goto done;
-    }
-    if (e->ndim != 2 || e->shape[0] <= 0 || e->shape[1] <= 0 ||
-        (e->dtype != QD_DTYPE_I32 && e->dtype != QD_DTYPE_I64)) {
-        char shape[96];
-        rc = qd_error_set(err, QD_ERR_FORMAT,
-                          "%s: input_ids must be a non-empty I32 or I64 [rows, seq_len] "
-                          "tensor, found %s %s", path, qd_dtype_name(e->dtype),
-                          qd_shape_str(e->ndim, e->shape, shape, sizeof shape));
-        goto done;
-    }
-    int64_t n = e->shape[0] * e->shape[1];
-    int32_t *tok = malloc((size_t)n * sizeof *tok);
-    if (!tok) {
-        rc = qd_error_set(err, QD_ERR_NOMEM, "%s: no memory for %lld tokens", path,
-                          (long long)n);
-        goto done;
-    }
-    const unsigned char *src = e->data;
-    for (int64_t i = 0; i < n; i++) {
-        if (e->dtype == QD_DTYPE_I32) {
-            memcpy(&tok[i], src + 4 * i, 4);
-        } else {
-            int64_t v;
-            memcpy(&v, src + 8 * i, 8);
-            if (v < INT32_MIN || v > INT32_MAX) {
-                free(tok);
-                rc = qd_error_set(err, QD_ERR_FORMAT,
-                                  "%s: input_ids[%lld][%lld] = %lld does not fit a token id",
-                                  path, (long long)(i / e->shape[1]),
-                                  (long long)(i % e->shape[1]), (long long)v);
-                goto done;
-            }
-            tok[i] = (int32_t)v;
-        }
-    }
-    *ret = tok;
-    *ret_rows = e->shape[0];
-    *ret_len = e->shape[1];
-done:
-    qd_st_close(f);
-    return rc;
 }
 
 static double now_s(void) {
@@ -213,7 +161,7 @@ int qd_cmd_eval(int argc, char **argv) {
         if (info->params.act != QD_FORMAT_ACT_NONE)
             fprintf(stderr, "activations: %s\n", qd_artifact_act_name(info->params.act));
     }
-    if (load_tokens(data, &tokens, &rows, &seq_len, &err)) goto fail;
+    if (qd_token_set_load(data, 0, 0, &tokens, &rows, &seq_len, &err)) goto fail;
     if (seq_len < 2) {
         qd_error_set(&err, QD_ERR_INVALID_ARG,
                      "%s: rows of %lld token(s) predict nothing (need seq_len >= 2)", data,

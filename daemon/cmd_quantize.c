@@ -22,6 +22,7 @@
 #include "ops.h"
 #include "safetensors.h"
 #include "spec.h"
+#include "tokenizer.h"
 
 static void quantize_usage(FILE *out) {
     fprintf(out,
@@ -69,52 +70,6 @@ static void on_layer(void *ctx, int layer, int n_layers) {
     double el = difftime(time(NULL), p->start);
     double eta = layer + 1 < n_layers ? el / (layer + 1) * (n_layers - layer - 1) : 0;
     fprintf(stderr, "layer %d/%d  %.0f s elapsed, eta %.0f s\n", layer + 1, n_layers, el, eta);
-}
-
-/* input_ids of a token-set file: I32 or I64 [rows, seq_len], cut to at most max_rows rows
- * and max_len tokens. */
-static qd_err load_tokens(const char *path, const char *what, int64_t max_rows, int64_t max_len,
-                          int32_t **ret, int64_t *ret_rows, int64_t *ret_len, qd_error *err) {
-    qd_st_file *f;
-    qd_err rc = qd_st_open(path, &f, err);
-    if (rc != QD_OK) {
-        qd_error_prefix(err, "%s: ", what);
-        return rc;
-    }
-    const qd_st_entry *e = qd_st_find(f, "input_ids");
-    if (!e || e->ndim != 2 || (e->dtype != QD_DTYPE_I32 && e->dtype != QD_DTYPE_I64) ||
-        e->shape[0] < 1 || e->shape[1] < 1) {
-        qd_st_close(f);
-        return qd_error_set(err, QD_ERR_FORMAT,
-                            "%s %s: needs a tensor 'input_ids' of I32 or I64 [rows, seq_len]",
-                            what, path);
-    }
-    int64_t rows = e->shape[0], len = e->shape[1];
-    int64_t use_rows = max_rows > 0 && max_rows < rows ? max_rows : rows;
-    int64_t use_len = max_len > 0 && max_len < len ? max_len : len;
-    int32_t *t = malloc((size_t)(use_rows * use_len) * sizeof *t);
-    if (!t) {
-        qd_st_close(f);
-        return qd_error_set(err, QD_ERR_NOMEM, "%s: out of memory", what);
-    }
-    for (int64_t r = 0; r < use_rows; r++)
-        for (int64_t c = 0; c < use_len; c++) {
-            int64_t v;
-            if (e->dtype == QD_DTYPE_I32) {
-                int32_t x;
-                memcpy(&x, (const char *)e->data + (size_t)(r * len + c) * 4, 4);
-                v = x;
-            } else {
-                memcpy(&v, (const char *)e->data + (size_t)(r * len + c) * 8, 8);
-            }
-            if (v < INT32_MIN || v > INT32_MAX) v = -1; /* caught by the model's token check */
-            t[r * use_len + c] = (int32_t)v;
-        }
-    qd_st_close(f);
-    *ret = t;
-    *ret_rows = use_rows;
-    *ret_len = use_len;
-    return QD_OK;
 }
 
 static int parse_count(const char *flag, const char *s, long max, long *out) {
@@ -269,9 +224,12 @@ int qd_cmd_quantize(int argc, char **argv) {
         goto done;
     }
     if (spec.calibration.path) {
-        if (load_tokens(spec.calibration.path, "--calib", spec.calibration.rows,
-                        spec.calibration.seq_len, &calib, &c_rows, &c_len, &err) != QD_OK ||
-            qd_model_check_tokens(m, calib, c_rows, c_len, &err) != QD_OK ||
+        if (qd_token_set_load(spec.calibration.path, spec.calibration.rows,
+                              spec.calibration.seq_len, &calib, &c_rows, &c_len, &err) != QD_OK) {
+            qd_error_prefix(&err, "--calib: ");
+            goto fail;
+        }
+        if (qd_model_check_tokens(m, calib, c_rows, c_len, &err) != QD_OK ||
             qd_spec_hash_calibration(&spec, &err) != QD_OK)
             goto fail;
     } else if (qd_spec_needs_calibration(&spec)) {
@@ -281,10 +239,11 @@ int qd_cmd_quantize(int argc, char **argv) {
         goto done;
     }
     if (eval_path) {
-        if (load_tokens(eval_path, "--eval-data", eval_rows, 0, &eval, &e_rows, &e_len, &err) !=
-                QD_OK ||
-            qd_model_check_tokens(m, eval, e_rows, e_len, &err) != QD_OK)
+        if (qd_token_set_load(eval_path, eval_rows, 0, &eval, &e_rows, &e_len, &err) != QD_OK) {
+            qd_error_prefix(&err, "--eval-data: ");
             goto fail;
+        }
+        if (qd_model_check_tokens(m, eval, e_rows, e_len, &err) != QD_OK) goto fail;
         if (e_len < 2) {
             qd_error_set(&err, QD_ERR_INVALID_ARG, "--eval-data: rows need at least 2 tokens");
             goto fail;

@@ -30,6 +30,7 @@
 #include <string.h>
 
 #include "fsutil.h"
+#include "safetensors.h"
 
 /* ---- the tokenizer object --------------------------------------------------------------- */
 
@@ -697,4 +698,69 @@ qd_err qd_token_windows(const int32_t *ids, size_t n, int rows, int seq_len, int
         memcpy(row + 1, ids + start, w * sizeof *ids);
     }
     return QD_OK;
+}
+
+/* ---- token sets --------------------------------------------------------------------------- */
+
+qd_err qd_token_set_load(const char *path, int64_t max_rows, int64_t max_len, int32_t **ret,
+                         int64_t *ret_rows, int64_t *ret_len, qd_error *err) {
+    qd_st_file *f = NULL;
+    qd_err rc = qd_st_open(path, &f, err);
+    if (rc != QD_OK) return rc;
+    const qd_st_entry *e = qd_st_find(f, "input_ids");
+    int32_t *t = NULL;
+    if (!e) {
+        rc = qd_error_set(err, QD_ERR_FORMAT, "%s: no tensor 'input_ids'", path);
+        goto done;
+    }
+    if (e->ndim != 2 || e->shape[0] <= 0 || e->shape[1] <= 0 ||
+        (e->dtype != QD_DTYPE_I32 && e->dtype != QD_DTYPE_I64)) {
+        char shape[96];
+        rc = qd_error_set(err, QD_ERR_FORMAT,
+                          "%s: input_ids must be a non-empty I32 or I64 [rows, seq_len] "
+                          "tensor, found %s %s", path, qd_dtype_name(e->dtype),
+                          qd_shape_str(e->ndim, e->shape, shape, sizeof shape));
+        goto done;
+    }
+    int64_t rows = e->shape[0], len = e->shape[1];
+    int64_t use_rows = max_rows > 0 && max_rows < rows ? max_rows : rows;
+    int64_t use_len = max_len > 0 && max_len < len ? max_len : len;
+    t = malloc((size_t)use_rows * (size_t)use_len * sizeof *t);
+    if (!t) {
+        rc = qd_error_set(err, QD_ERR_NOMEM, "%s: no memory for %lld tokens", path,
+                          (long long)(use_rows * use_len));
+        goto done;
+    }
+    size_t es = e->dtype == QD_DTYPE_I32 ? 4 : 8;
+    const unsigned char *data = e->data;
+    for (int64_t r = 0; r < use_rows && rc == QD_OK; r++) {
+        for (int64_t c = 0; c < use_len; c++) {
+            const unsigned char *p = data + (size_t)(r * len + c) * es;
+            int64_t v;
+            if (es == 4) {
+                int32_t x;
+                memcpy(&x, p, 4);
+                v = x;
+            } else {
+                memcpy(&v, p, 8);
+            }
+            if (v < INT32_MIN || v > INT32_MAX) {
+                rc = qd_error_set(err, QD_ERR_FORMAT, "%s: input_ids[%lld][%lld] = %lld does "
+                                  "not fit a token id", path, (long long)r, (long long)c,
+                                  (long long)v);
+                break;
+            }
+            t[r * use_len + c] = (int32_t)v;
+        }
+    }
+    if (rc == QD_OK) {
+        *ret = t;
+        *ret_rows = use_rows;
+        *ret_len = use_len;
+        t = NULL;
+    }
+done:
+    free(t);
+    qd_st_close(f);
+    return rc;
 }

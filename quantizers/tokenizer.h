@@ -96,4 +96,11 @@ qd_err qd_tokenizer_encode_text(const qd_tokenizer *t, const char *text, size_t 
 qd_err qd_token_windows(const int32_t *ids, size_t n, int rows, int seq_len, int32_t bos,
                         int32_t *out, qd_error *err);
 
+/* Read the input_ids of a token-set file (safetensors, I32 or I64 [rows, seq_len]) into a new
+ * row-major int32 array, cut to the first max_rows rows and max_len tokens of each (<= 0: all).
+ * Errors name the path: no input_ids, a wrong dtype or shape (saying what was found), an id
+ * outside int32 (naming its row and column). *ret is malloc'd (caller frees). */
+qd_err qd_token_set_load(const char *path, int64_t max_rows, int64_t max_len, int32_t **ret,
+                         int64_t *ret_rows, int64_t *ret_len, qd_error *err);
+
 #endif /* QD_TOKENIZER_H */

@@ -11,6 +11,7 @@
 #include "dtype.h"
 #include "fsutil.h"
 #include "safetensors.h"
+#include "tokenizer.h"
 
 qd_err rt_make_tmpdir(const char *tag, char *buf, size_t len, qd_error *err) {
     int n = snprintf(buf, len, "qd-rt-%s-XXXXXX", tag);
@@ -89,24 +90,5 @@ done:
 
 qd_err rt_load_tokens(const char *path, int32_t **ret, int64_t *rows, int64_t *seq_len,
                       qd_error *err) {
-    qd_st_file *f = NULL;
-    qd_err rc = qd_st_open(path, &f, err);
-    if (rc) return rc;
-    const qd_st_entry *e = qd_st_find(f, "input_ids");
-    if (!e || e->dtype != QD_DTYPE_I32 || e->ndim != 2) {
-        qd_st_close(f);
-        return qd_error_set(err, QD_ERR_FORMAT, "%s: no I32 [rows, seq_len] input_ids", path);
-    }
-    size_t n = (size_t)(e->shape[0] * e->shape[1]);
-    int32_t *t = malloc(n * sizeof *t);
-    if (!t) {
-        qd_st_close(f);
-        return qd_error_set(err, QD_ERR_NOMEM, "tokens");
-    }
-    memcpy(t, e->data, n * sizeof *t);
-    *ret = t;
-    *rows = e->shape[0];
-    *seq_len = e->shape[1];
-    qd_st_close(f);
-    return QD_OK;
+    return qd_token_set_load(path, 0, 0, ret, rows, seq_len, err);
 }

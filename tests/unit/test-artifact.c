@@ -34,6 +34,7 @@
 #include "safetensors.h"
 #include "spec.h"
 #include "test.h"
+#include "tokenizer.h"
 
 #define BABY QD_SOURCE_DIR "/examples/models/babyllama"
 #define CALIB QD_SOURCE_DIR "/examples/data/babyllama/calib.safetensors"
@@ -47,17 +48,17 @@ enum { CALIB_ROWS = 8, CALIB_LEN = 64, EVAL_ROWS = 4, EVAL_LEN = 64 };
 /* The first rows x len tokens of a token set (caller frees), or NULL. */
 static int32_t *load_tokens(const char *path, int64_t rows, int64_t len) {
     qd_error err = {0};
-    qd_st_file *f = NULL;
-    if (qd_st_open(path, &f, &err)) return NULL;
-    const qd_st_entry *e = qd_st_find(f, "input_ids");
-    int32_t *out = NULL;
-    if (e && e->dtype == QD_DTYPE_I32 && e->ndim == 2 && e->shape[0] >= rows &&
-        e->shape[1] >= len && (out = malloc((size_t)(rows * len) * sizeof *out)))
-        for (int64_t r = 0; r < rows; r++)
-            memcpy(out + r * len, (const int32_t *)e->data + r * e->shape[1],
-                   (size_t)len * sizeof *out);
-    qd_st_close(f);
-    return out;
+    int32_t *t = NULL;
+    int64_t got_rows = 0, got_len = 0;
+    if (qd_token_set_load(path, rows, len, &t, &got_rows, &got_len, &err) != QD_OK) {
+        fprintf(stderr, "%s\n", qd_error_text(&err));
+        return NULL;
+    }
+    if (got_rows != rows || got_len != len) {
+        free(t);
+        return NULL;
+    }
+    return t;
 }
 
 /* A fresh directory name under the working directory (the directory is not created). */

@@ -24,6 +24,7 @@
 #include "safetensors.h"
 #include "spec.h"
 #include "test.h"
+#include "tokenizer.h"
 
 #define BABY QD_SOURCE_DIR "/examples/models/babyllama"
 #define BABY_CALIB QD_SOURCE_DIR "/examples/data/babyllama/calib.safetensors"
@@ -39,20 +40,16 @@
 /* The first n_rows x seq_len tokens of the file's input_ids, or NULL. */
 static int32_t *load_tokens(const char *path, int64_t n_rows, int64_t seq_len) {
     qd_error err = {0};
-    qd_st_file *f = NULL;
-    if (qd_st_open(path, &f, &err)) {
+    int32_t *t = NULL;
+    int64_t got_rows = 0, got_len = 0;
+    if (qd_token_set_load(path, n_rows, seq_len, &t, &got_rows, &got_len, &err) != QD_OK) {
         fprintf(stderr, "%s\n", qd_error_text(&err));
         return NULL;
     }
-    const qd_st_entry *e = qd_st_find(f, "input_ids");
-    int32_t *t = NULL;
-    if (e && e->dtype == QD_DTYPE_I32 && e->ndim == 2 && e->shape[0] >= n_rows &&
-        e->shape[1] >= seq_len && (t = malloc(sizeof(int32_t) * (size_t)(n_rows * seq_len)))) {
-        const int32_t *src = e->data;
-        for (int64_t r = 0; r < n_rows; r++)
-            memcpy(t + r * seq_len, src + r * e->shape[1], sizeof(int32_t) * (size_t)seq_len);
+    if (got_rows != n_rows || got_len != seq_len) {
+        free(t);
+        return NULL;
     }
-    qd_st_close(f);
     return t;
 }
 

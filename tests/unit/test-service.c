@@ -31,6 +31,7 @@
 #include "spec.h"
 #include "store.h"
 #include "test.h"
+#include "tokenizer.h"
 
 #define MODEL_DIR QD_SOURCE_DIR "/examples/models/babyllama"
 #define MODELS_ROOT QD_SOURCE_DIR "/examples/models"
@@ -249,20 +250,9 @@ static int reference_artifact(const qd_spec *want, bool calibrated, const char *
     if (qd_spec_resolve(&spec, NULL, &err) != QD_OK || qd_model_open(MODEL_DIR, &m, &err))
         goto done;
     if (calibrated) {
-        qd_st_file *f = NULL;
-        if (qd_st_open(CALIB_FILE, &f, &err) != QD_OK) goto done;
-        const qd_st_entry *e = qd_st_find(f, "input_ids");
-        if (!e || e->dtype != QD_DTYPE_I32 || e->ndim != 2) {
-            qd_st_close(f);
+        if (qd_token_set_load(CALIB_FILE, spec.calibration.rows, spec.calibration.seq_len, &tok,
+                              &rows, &len, &err) != QD_OK)
             goto done;
-        }
-        rows = e->shape[0] < spec.calibration.rows ? e->shape[0] : spec.calibration.rows;
-        len = e->shape[1] < spec.calibration.seq_len ? e->shape[1] : spec.calibration.seq_len;
-        tok = malloc((size_t)(rows * len) * sizeof *tok);
-        for (int64_t r = 0; tok && r < rows; r++)
-            memcpy(tok + r * len, (const int32_t *)e->data + r * e->shape[1],
-                   (size_t)len * sizeof *tok);
-        qd_st_close(f);
         if (!tok || qd_spec_hash_calibration(&spec, &err) != QD_OK) goto done;
     }
     qd_run_opts run = {0};

@@ -18,6 +18,7 @@
 #include "safetensors.h"
 #include "smoothquant.h"
 #include "test.h"
+#include "tokenizer.h"
 
 #define BABY QD_SOURCE_DIR "/examples/models/babyllama"
 #define BABY_CALIB QD_SOURCE_DIR "/examples/data/babyllama/calib.safetensors"
@@ -243,21 +244,17 @@ static qd_err fc_end(void *ctx, qd_layer_weights *w, const float *x_out, int64_t
 /* input_ids rows [0, n_rows) of a token-set file into a new array (NULL on failure). */
 static int32_t *load_rows(const char *path, int64_t n_rows, int64_t *ret_len) {
     qd_error err = {0};
-    qd_st_file *f = NULL;
-    int32_t *out = NULL;
-    if (qd_st_open(path, &f, &err)) {
+    int32_t *t = NULL;
+    int64_t got_rows = 0;
+    if (qd_token_set_load(path, n_rows, 0, &t, &got_rows, ret_len, &err) != QD_OK) {
         fprintf(stderr, "%s\n", qd_error_text(&err));
         return NULL;
     }
-    const qd_st_entry *e = qd_st_find(f, "input_ids");
-    if (e && e->dtype == QD_DTYPE_I32 && e->ndim == 2 && e->shape[0] >= n_rows) {
-        size_t n = (size_t)(n_rows * e->shape[1]);
-        out = malloc(n * sizeof *out);
-        if (out) memcpy(out, e->data, n * sizeof *out);
-        *ret_len = e->shape[1];
+    if (got_rows != n_rows) {
+        free(t);
+        return NULL;
     }
-    qd_st_close(f);
-    return out;
+    return t;
 }
 
 static qd_model *open_baby(void) {

@@ -23,12 +23,14 @@
 #include <jansson.h>
 #include <math.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/stat.h>
 #include <unistd.h>
 
 #include "fsutil.h"
+#include "safetensors.h"
 #include "test.h"
 #include "tokenizer.h"
 
@@ -838,5 +840,71 @@ QD_TEST(cmd_tokenize_end_to_end) {
     qd_remove_tree(dir, NULL);
 }
 #endif /* QD_TEST_CMD_TOKENIZE */
+
+/* ---- token sets ---------------------------------------------------------------------------- */
+
+/* Write one tensor to a temporary safetensors file; path receives its name. */
+static bool write_set(char *path, size_t cap, const char *name, qd_dtype dt, int ndim,
+                      const int64_t *shape, const void *data) {
+    snprintf(path, cap, "/tmp/qd-token-set-%ld.safetensors", (long)getpid());
+    qd_error err = {0};
+    qd_st_writer *w = qd_st_writer_new();
+    bool ok = w && qd_st_writer_add(w, name, dt, ndim, shape, data, &err) == QD_OK &&
+              qd_st_write_file(w, path, &err) == QD_OK;
+    qd_st_writer_free(w);
+    return ok;
+}
+
+QD_TEST(token_set_load_cuts_converts_and_refuses) {
+    char path[128];
+    qd_error err = {0};
+    int32_t *t = NULL;
+    int64_t rows = 0, len = 0;
+    /* I64 [3, 4], cut to 2 rows of 3: values from the right places, converted. */
+    int64_t v[12] = {0, 1, 2, 3, 10, 11, 12, 13, 20, 21, 22, 23};
+    int64_t shape[2] = {3, 4};
+    QD_REQUIRE(write_set(path, sizeof path, "input_ids", QD_DTYPE_I64, 2, shape, v));
+    QD_CHECK_OK(qd_token_set_load(path, 2, 3, &t, &rows, &len, &err), &err);
+    QD_CHECK_EQ_INT(rows, 2);
+    QD_CHECK_EQ_INT(len, 3);
+    if (t) {
+        QD_CHECK_EQ_INT(t[2], 2);
+        QD_CHECK_EQ_INT(t[3], 10);
+        QD_CHECK_EQ_INT(t[5], 12);
+    }
+    free(t);
+    t = NULL;
+    /* <= 0 keeps everything */
+    QD_CHECK_OK(qd_token_set_load(path, 0, 0, &t, &rows, &len, &err), &err);
+    QD_CHECK(rows == 3 && len == 4 && t && t[11] == 23);
+    free(t);
+    t = NULL;
+    /* an id outside int32: refused, naming row and column */
+    v[6] = (int64_t)1 << 40;
+    QD_REQUIRE(write_set(path, sizeof path, "input_ids", QD_DTYPE_I64, 2, shape, v));
+    QD_CHECK_EQ_INT(qd_token_set_load(path, 0, 0, &t, &rows, &len, &err), QD_ERR_FORMAT);
+    QD_CHECK_MSG(strstr(err.msg, "input_ids[1][2]"), "message: %s", err.msg);
+    qd_error_clear(&err);
+    /* wrong name, wrong dtype, wrong rank */
+    QD_REQUIRE(write_set(path, sizeof path, "ids", QD_DTYPE_I64, 2, shape, v));
+    QD_CHECK_EQ_INT(qd_token_set_load(path, 0, 0, &t, &rows, &len, &err), QD_ERR_FORMAT);
+    QD_CHECK_MSG(strstr(err.msg, "no tensor 'input_ids'"), "message: %s", err.msg);
+    qd_error_clear(&err);
+    float f[12] = {0};
+    QD_REQUIRE(write_set(path, sizeof path, "input_ids", QD_DTYPE_F32, 2, shape, f));
+    QD_CHECK_EQ_INT(qd_token_set_load(path, 0, 0, &t, &rows, &len, &err), QD_ERR_FORMAT);
+    QD_CHECK_MSG(strstr(err.msg, "found F32") || strstr(err.msg, "found f32"), "message: %s",
+                 err.msg);
+    qd_error_clear(&err);
+    int64_t flat[1] = {12};
+    QD_REQUIRE(write_set(path, sizeof path, "input_ids", QD_DTYPE_I64, 1, flat, v));
+    QD_CHECK_EQ_INT(qd_token_set_load(path, 0, 0, &t, &rows, &len, &err), QD_ERR_FORMAT);
+    qd_error_clear(&err);
+    QD_CHECK(t == NULL);
+    unlink(path);
+    /* a file that is not there */
+    QD_CHECK(qd_token_set_load(path, 0, 0, &t, &rows, &len, &err) != QD_OK);
+    QD_CHECK_MSG(strstr(err.msg, path), "message: %s", err.msg);
+}
 
 QD_TEST_MAIN()
