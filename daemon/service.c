@@ -89,6 +89,7 @@
 #include "model.h"
 #include "ops.h"
 #include "safetensors.h"
+#include "tokenizer.h"
 #include "yamlwalk.h"
 
 #ifndef QD_VERSION
@@ -652,17 +653,23 @@ static qd_err snapshot_by_id(struct qd_service *svc, const char *id, qd_job_snap
     return rc;
 }
 
-static qd_err check_job_id(const char *id, qd_error *err) {
-    if (!id) return qd_error_set(err, QD_ERR_INVALID_ARG, "job_id: missing");
+/* A job or artifact id: QD_STORE_ID_LEN lowercase hex digits. field names it in the message
+ * ("job_id"), what in the explanation ("job"). */
+static qd_err check_id(const char *field, const char *what, const char *id, qd_error *err) {
+    if (!id) return qd_error_set(err, QD_ERR_INVALID_ARG, "%s: missing", field);
     size_t n = strnlen(id, QD_STORE_ID_LEN + 1);
     bool ok = n == QD_STORE_ID_LEN;
     for (size_t i = 0; ok && i < n; i++)
         ok = (id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f');
     char q[QD_YAML_EXCERPT_BUF];
     if (!ok)
-        return qd_error_set(err, QD_ERR_INVALID_ARG, "job_id '%s': not a job id (%d "
-                            "lowercase hex chars)", quoted(id, q), QD_STORE_ID_LEN);
+        return qd_error_set(err, QD_ERR_INVALID_ARG, "%s '%s': not %s id (%d lowercase hex "
+                            "chars)", field, quoted(id, q), what, QD_STORE_ID_LEN);
     return QD_OK;
+}
+
+static qd_err check_job_id(const char *id, qd_error *err) {
+    return check_id("job_id", "a job", id, err);
 }
 
 /* ---- owners -------------------------------------------------------------------------------- */
@@ -781,16 +788,7 @@ static qd_err artifact_entry(struct qd_service *svc, const struct qd_store_artif
 }
 
 static qd_err check_artifact_id(const char *id, qd_error *err) {
-    if (!id) return qd_error_set(err, QD_ERR_INVALID_ARG, "artifact_id: missing");
-    size_t n = strnlen(id, QD_STORE_ID_LEN + 1);
-    bool ok = n == QD_STORE_ID_LEN;
-    for (size_t i = 0; ok && i < n; i++)
-        ok = (id[i] >= '0' && id[i] <= '9') || (id[i] >= 'a' && id[i] <= 'f');
-    char q[QD_YAML_EXCERPT_BUF];
-    if (!ok)
-        return qd_error_set(err, QD_ERR_INVALID_ARG, "artifact_id '%s': not an artifact id "
-                            "(%d lowercase hex chars)", quoted(id, q), QD_STORE_ID_LEN);
-    return QD_OK;
+    return check_id("artifact_id", "an artifact", id, err);
 }
 
 qd_err qd_service_artifact_get(struct qd_service *svc, const qd_caller *who, const char *id,
@@ -1558,55 +1556,6 @@ static qd_err calibration_file(struct qd_service *svc, const char *digest, char 
     return rc;
 }
 
-/* input_ids of a token file: I32 or I64 [rows, seq_len], cut to the first max_rows rows and
- * max_len tokens, as `quantd quantize --calib` reads it (the same tokens give the same
- * artifact). An id outside int32 becomes -1, which the model's token check refuses. */
-static qd_err load_tokens(const char *path, int64_t max_rows, int64_t max_len, int32_t **ret,
-                          int64_t *ret_rows, int64_t *ret_len, qd_error *err) {
-    qd_st_file *f = NULL;
-    qd_err rc = qd_st_open(path, &f, err);
-    if (rc != QD_OK) {
-        qd_error_prefix(err, "calibration: ");
-        return rc;
-    }
-    const qd_st_entry *e = qd_st_find(f, "input_ids");
-    if (!e || e->ndim != 2 || (e->dtype != QD_DTYPE_I32 && e->dtype != QD_DTYPE_I64) ||
-        e->shape[0] < 1 || e->shape[1] < 1) {
-        qd_st_close(f);
-        return qd_error_set(err, QD_ERR_FORMAT, "calibration: needs a tensor 'input_ids' of "
-                            "I32 or I64 [rows, seq_len]");
-    }
-    int64_t rows = e->shape[0], len = e->shape[1];
-    int64_t use_rows = max_rows > 0 && max_rows < rows ? max_rows : rows;
-    int64_t use_len = max_len > 0 && max_len < len ? max_len : len;
-    size_t es = e->dtype == QD_DTYPE_I32 ? 4 : 8;
-    int32_t *t = malloc((size_t)use_rows * (size_t)use_len * sizeof *t);
-    if (!t) {
-        qd_st_close(f);
-        return qd_error_set(err, QD_ERR_NOMEM, "calibration: out of memory");
-    }
-    const unsigned char *data = e->data;
-    for (int64_t r = 0; r < use_rows; r++) {
-        for (int64_t c = 0; c < use_len; c++) {
-            const unsigned char *p = data + (size_t)(r * len + c) * es;
-            int64_t v;
-            if (es == 4) {
-                int32_t x;
-                memcpy(&x, p, 4);
-                v = x;
-            } else {
-                memcpy(&v, p, 8);
-            }
-            t[r * use_len + c] = v < INT32_MIN || v > INT32_MAX ? -1 : (int32_t)v;
-        }
-    }
-    qd_st_close(f);
-    *ret = t;
-    *ret_rows = use_rows;
-    *ret_len = use_len;
-    return QD_OK;
-}
-
 /* The spec against the model's linears (group sizes dividing in_features, packing fits). */
 static qd_err check_against_model(const qd_model *m, const qd_spec *spec, qd_error *err) {
     const qd_llama_config *c = qd_model_config(m);
@@ -2035,8 +1984,9 @@ static qd_err run_job(struct qd_service *svc, struct job *j, const qd_job_device
         set_stage(svc, j, QD_STAGE_CALIBRATE);
         rc = calibration_file(svc, spec->calibration.digest, calib_path, sizeof calib_path, err);
         if (rc == QD_OK)
-            rc = load_tokens(calib_path, spec->calibration.rows, spec->calibration.seq_len,
-                             &calib, &c_rows, &c_len, err);
+            rc = qd_token_set_load(calib_path, spec->calibration.rows,
+                                   spec->calibration.seq_len, &calib, &c_rows, &c_len, err);
+        if (rc != QD_OK) qd_error_prefix(err, "calibration %.12s: ", spec->calibration.digest);
         if (rc == QD_OK) rc = qd_model_check_tokens(m, calib, c_rows, c_len, err);
     }
     if (rc == QD_OK && on_cancelled(&r)) rc = qd_error_set(err, QD_ERR_CANCELLED, "cancelled");
