@@ -341,6 +341,18 @@ qd_err qd_act_stats_add_cuda(qd_cuda *c, const float *x, int64_t n_tok, int64_t 
                : QD_ERR_UNAVAILABLE;
 }
 
+qd_err qd_add_cuda(qd_cuda *c, float *dst, const float *a, const float *b, int64_t n,
+                   qd_error *err) {
+    const qd_cuda_module *mod = need(err);
+    return mod ? mod->add(c, dst, a, b, n, err) : QD_ERR_UNAVAILABLE;
+}
+
+qd_err qd_sq_diff_cuda(qd_cuda *c, const float *a, const float *b, int64_t n, double *ret,
+                       qd_error *err) {
+    const qd_cuda_module *mod = need(err);
+    return mod ? mod->sq_diff(c, a, b, n, ret, err) : QD_ERR_UNAVAILABLE;
+}
+
 /* ---- GPTQ --------------------------------------------------------------------------------- */
 
 qd_err qd_gptq_hessian_add_cuda(qd_cuda *c, float *h, int64_t k, int64_t *n_samples,

@@ -96,14 +96,14 @@ fail:
 
 #define SSE_BLOCKS 1024
 
-/* partial[b] = sum over this block's share of (y - y_ref)^2, in double. */
+/* partial[b] = sum over this block's share of (y - y_ref)^2 (y_ref NULL: 0), in double. */
 __global__ void __launch_bounds__(QD_CUDA_THREADS)
     sse_partial_kernel(const float *y, const float *y_ref, int64_t n, double *partial) {
     __shared__ double part[QD_CUDA_THREADS / 32];
     double acc = 0.0;
     const int64_t stride = (int64_t)gridDim.x * blockDim.x;
     for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride) {
-        double d = (double)y[i] - y_ref[i];
+        double d = (double)y[i] - (y_ref ? y_ref[i] : 0.0f);
         acc += d * d;
     }
     acc = qd_warp_sum_d(acc);
@@ -158,6 +158,33 @@ extern "C" qd_err qd_awq_loss_cuda(qd_cuda *c, const float *x, int64_t n_tok, co
 fail:
     qd_cuda_scratch_free(c, wq);
     qd_cuda_scratch_free(c, y);
+    qd_cuda_scratch_free(c, partial);
+    return rc;
+}
+
+extern "C" qd_err qd_sq_diff_cuda(qd_cuda *c, const float *a, const float *b, int64_t n,
+                                  double *ret, qd_error *err) {
+    qd_err rc = qd_cuda_usable(c, err);
+    double *partial = NULL;
+    double sum = 0.0;
+    unsigned blocks;
+    if (rc) return rc;
+    *ret = 0.0;
+    if (n <= 0) return QD_OK;
+    blocks = qd_cuda_blocks(n, QD_CUDA_THREADS);
+    if (blocks > SSE_BLOCKS) blocks = SSE_BLOCKS;
+    if ((rc = qd_cuda_scratch(c, (blocks + 1) * sizeof(double), (void **)&partial,
+                              "the squared-difference partials", err)))
+        goto fail;
+    sse_partial_kernel<<<blocks, QD_CUDA_THREADS, 0, c->stream>>>(a, b, n, partial);
+    QD_CU_LAUNCHED(c, err, "sse_partial_kernel");
+    sum_in_order_kernel<<<1, 1, 0, c->stream>>>(partial, (int)blocks, partial + blocks);
+    QD_CU_LAUNCHED(c, err, "sum_in_order_kernel");
+    QD_CU_TRY(c, err, cudaMemcpyAsync(&sum, partial + blocks, sizeof sum,
+                                      cudaMemcpyDeviceToHost, c->stream));
+    QD_CU_TRY(c, err, cudaStreamSynchronize(c->stream));
+    *ret = sum;
+fail:
     qd_cuda_scratch_free(c, partial);
     return rc;
 }

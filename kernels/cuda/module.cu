@@ -49,6 +49,8 @@ static qd_cuda_module make_table(void) {
     t.awq_loss = qd_awq_loss_cuda;
     t.awq_clip_search = qd_awq_clip_search_cuda;
     t.kernels = qd_kernels_cuda;
+    t.add = qd_add_cuda;
+    t.sq_diff = qd_sq_diff_cuda;
     return t;
 }
 

@@ -117,6 +117,12 @@ typedef struct qd_cuda_module {
                               int clip_n_grid, float *ret_max, qd_error *err);
 
     void (*kernels)(qd_cuda *c, qd_kernels *ret);
+
+    /* appended after the first release of the table */
+    qd_err (*add)(qd_cuda *c, float *dst, const float *a, const float *b, int64_t n,
+                  qd_error *err);
+    qd_err (*sq_diff)(qd_cuda *c, const float *a, const float *b, int64_t n, double *ret,
+                      qd_error *err);
 } qd_cuda_module;
 
 /* The type of the module's entry point (QD_CUDA_MODULE_SYMBOL). */

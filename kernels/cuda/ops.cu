@@ -282,6 +282,25 @@ fail:
     return rc;
 }
 
+__global__ void add_kernel(float *dst, const float *a, const float *b, int64_t n) {
+    const int64_t stride = (int64_t)gridDim.x * blockDim.x;
+    for (int64_t i = (int64_t)blockIdx.x * blockDim.x + threadIdx.x; i < n; i += stride)
+        dst[i] = a[i] + b[i];
+}
+
+extern "C" qd_err qd_add_cuda(qd_cuda *c, float *dst, const float *a, const float *b, int64_t n,
+                              qd_error *err) {
+    qd_err rc = qd_cuda_usable(c, err);
+    if (rc) return rc;
+    if (n <= 0) return QD_OK;
+    add_kernel<<<qd_cuda_blocks(n, QD_CUDA_THREADS), QD_CUDA_THREADS, 0, c->stream>>>(dst, a, b,
+                                                                                      n);
+    QD_CU_LAUNCHED(c, err, "add_kernel");
+    return QD_OK;
+fail:
+    return rc;
+}
+
 /* ---- attention ----------------------------------------------------------------------------- */
 
 #define ATT_WARPS 8  /* queries per block */

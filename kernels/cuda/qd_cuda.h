@@ -192,6 +192,13 @@ qd_err qd_silu_mul_cuda(qd_cuda *c, float *out, const float *gate, const float *
 qd_err qd_attention_cuda(qd_cuda *c, float *out, const float *q, const float *k,
                          const float *v, int64_t n_seq, int64_t seq_len, int n_heads,
                          int n_kv_heads, int head_dim, qd_error *err);
+/* dst [n] = a + b elementwise (dst may be a or b). */
+qd_err qd_add_cuda(qd_cuda *c, float *dst, const float *a, const float *b, int64_t n,
+                   qd_error *err);
+/* *ret (host) = sum of (a[i] - b[i])^2 over n elements (b NULL: of a[i]^2), in double, in a
+ * fixed order (the same inputs give the same bits); waits for the stream. */
+qd_err qd_sq_diff_cuda(qd_cuda *c, const float *a, const float *b, int64_t n, double *ret,
+                       qd_error *err);
 /* Activation statistics of x [n_tok, n_in]: sum_abs [n_in] (double) += sum over tokens of
  * |x|, max_abs [n_in] = max(max_abs, max |x|) (quantizers/calib.h qd_act_stats_add). */
 qd_err qd_act_stats_add_cuda(qd_cuda *c, const float *x, int64_t n_tok, int64_t n_in,
