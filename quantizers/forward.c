@@ -29,7 +29,6 @@
 #include "model_internal.h"
 #include "ops.h"
 
-#define QD_FWD_CHUNK_TOKENS 4096
 #define QD_HEAD_SLICE_ELEMS ((int64_t)16 << 20) /* lm_head values per fp32 slice (64 MiB) */
 #define QD_HEAD_TOKEN_CHUNK 512
 
@@ -114,12 +113,6 @@ static void *alloc_floats(int64_t n) {
 static qd_err nomem(qd_error *err, const char *what, int64_t n) {
     return qd_error_set(err, QD_ERR_NOMEM, "forward pass: no memory for %s (%lld floats)", what,
                         (long long)n);
-}
-
-/* Sequences per chunk: about QD_FWD_CHUNK_TOKENS tokens, at least one sequence. */
-static int64_t seqs_per_chunk(int64_t seq_len) {
-    int64_t n = QD_FWD_CHUNK_TOKENS / (seq_len > 0 ? seq_len : 1);
-    return n > 0 ? n : 1;
 }
 
 /* ---- blocks ---- */
@@ -218,7 +211,7 @@ qd_err qd_block_attention_ex(const qd_model *m, const qd_layer_weights *w, const
     int64_t hid = c->hidden_size;
     int64_t qdim = (int64_t)c->num_attention_heads * c->head_dim;
     int64_t kvdim = (int64_t)c->num_key_value_heads * c->head_dim;
-    int64_t per_chunk = seqs_per_chunk(seq_len);
+    int64_t per_chunk = qd_fwd_seqs_per_chunk(seq_len);
     if (per_chunk > n_seq) per_chunk = n_seq;
     int64_t ct = per_chunk * seq_len;
     float *tabs = NULL;
@@ -290,7 +283,7 @@ qd_err qd_layer_forward(const qd_model *m, const qd_layer_weights *w, const floa
                         qd_error *err) {
     o = opts_or_default(o);
     int64_t hid = m->cfg.hidden_size;
-    int64_t per_chunk = seqs_per_chunk(seq_len);
+    int64_t per_chunk = qd_fwd_seqs_per_chunk(seq_len);
     if (per_chunk > n_seq) per_chunk = n_seq;
     int64_t ct = per_chunk * seq_len;
     float *xn = alloc_floats(2 * ct * hid); /* normalised input [ct, hid], block output */

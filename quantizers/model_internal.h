@@ -27,6 +27,16 @@ struct qd_model {
     double *inv_freq;              /* [head_dim / 2] */
 };
 
+/* The forward pass's chunks (forward.c; model_dev.h's blocks use the same): attention over
+ * whole sequences of about this many tokens, the MLP over this many tokens. */
+#define QD_FWD_CHUNK_TOKENS 4096
+
+/* Sequences per attention chunk: about QD_FWD_CHUNK_TOKENS tokens, at least one sequence. */
+static inline int64_t qd_fwd_seqs_per_chunk(int64_t seq_len) {
+    int64_t n = QD_FWD_CHUNK_TOKENS / (seq_len > 0 ? seq_len : 1);
+    return n > 0 ? n : 1;
+}
+
 /* Convert rows [row0, row0 + n_rows) of a 2-d (or 1-d: one row) entry to fp32 in dst
  * ([n_rows, cols]). */
 qd_err qd_model_rows_f32(const qd_st_entry *e, int64_t row0, int64_t n_rows, float *dst,
