@@ -34,6 +34,17 @@
  *
  * Memory: X [T, hidden] plus, while a layer runs, the group inputs (all four in ORIGINAL mode)
  * and O(chunk) scratch; weights are mmap'd and one layer is materialised at a time.
+ *
+ * On a device: when qd_calib_opts.run.kernels is a CUDA table (and no on_linear_input hook is
+ * set) the layer runs on that device with its weights resident there (model_dev.h): X and
+ * every group input stay in device memory, each layer's weights are uploaded once, and a
+ * group's input is copied to the host only for its callback, which also gets the device copy
+ * (qd_calib_input.x_dev) to run its own device work on without another upload. In MODIFIED
+ * mode the arrays a group callback owns are uploaded again after it returns: its own linears
+ * (weights and biases) and the norm in front of them (QKV: input_layernorm; GATE_UP:
+ * post_attention_layernorm). A callback must not change other arrays in MODIFIED mode (they
+ * would take effect on the host and not on the device). The op sequence and shapes are the
+ * host's, so a device whose ops round as the CPU's gives the host's results exactly.
  */
 #ifndef QD_CALIB_H
 #define QD_CALIB_H
@@ -61,6 +72,8 @@ typedef enum qd_calib_propagate {
     QD_CALIB_PROPAGATE_ORIGINAL,
 } qd_calib_propagate;
 
+struct qd_cuda;
+
 /* What a group callback sees. All pointers are borrowed for the duration of the call. */
 typedef struct qd_calib_input {
     int layer;
@@ -69,6 +82,10 @@ typedef struct qd_calib_input {
     int64_t n_tok, n_in;
     int64_t n_seq, seq_len;   /* n_tok = n_seq * seq_len */
     const float *layer_in;    /* [n_tok, hidden] the layer's input X */
+    /* On a CUDA device (see "On a device" above): the same x in device memory, on that
+     * device's context, valid for the call; NULL when the driver runs on the host. */
+    const float *x_dev;
+    struct qd_cuda *cuda;
 } qd_calib_input;
 
 typedef struct qd_calib_callbacks {
