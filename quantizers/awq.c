@@ -40,6 +40,7 @@
 #include "ops.h"
 #include "rtn.h"
 #ifdef QD_HAVE_CUDA
+#include "model_dev.h"
 #include "qd_cuda.h"
 #endif
 
@@ -404,6 +405,9 @@ struct search {
     const float *x;         /* [n_tok, k] */
     int64_t n_tok;
     const float *bias;      /* [n_out[0]] or NULL */
+    /* A block group (QKV, GATE_UP) whose input is on the device (qd_calib_input.x_dev): set,
+     * the float output, the candidates and their outputs never leave the device. */
+    const struct group_module *dev_block;
 };
 
 #ifdef QD_HAVE_CUDA
@@ -465,6 +469,60 @@ static qd_err dev_loss_eval(const struct search *S, struct dev_loss *d, const fl
     if (rc) qd_error_prefix(err, "AWQ scale search: ");
     return rc;
 }
+
+/* The device side of a block search (QKV: the attention block, GATE_UP: the MLP block):
+ * the layer's arrays the block reads, uploaded once; the group's linears as loaded (w) and
+ * their candidates (cand); the float output y0, computed on the device. */
+struct dev_block {
+    qd_cuda *c;
+    qd_dev_fwd f;
+    qd_dev_layer d;
+    float *cand[3], *s, *y0, *y;
+    const float *x;     /* the group's input on the device (borrowed) */
+    qd_calib_group g;
+    qd_linear_kind kinds[3];
+    int64_t n_seq, n_tok;
+};
+
+static void dev_block_close(struct dev_block *b) {
+    if (!b->c) return;
+    for (int i = 0; i < 3; i++) qd_cuda_free(b->c, b->cand[i]);
+    qd_cuda_free(b->c, b->s);
+    qd_cuda_free(b->c, b->y0);
+    qd_cuda_free(b->c, b->y);
+    qd_dev_layer_free(&b->f, &b->d);
+    qd_dev_fwd_done(&b->f);
+    memset(b, 0, sizeof *b);
+}
+
+/* y = the block with linears[i] replaced by lin[i] (device arrays). */
+static qd_err dev_block_forward(struct dev_block *b, int n_lin, float *const *lin, float *y,
+                                qd_error *err) {
+    qd_dev_layer d = b->d;
+    for (int i = 0; i < n_lin; i++) d.w[b->kinds[i]] = lin[i];
+    if (b->g == QD_CALIB_QKV) return qd_dev_attention(&b->f, &d, b->x, b->n_seq, y, NULL, err);
+    return qd_dev_mlp(&b->f, &d, b->x, b->n_tok, y, NULL, err);
+}
+
+static qd_err dev_block_open(const struct search *S, struct dev_block *b, double *ret_ref,
+                             qd_error *err);
+
+/* *ret_sse = || block(Q(W_i * s) / s) - y0 ||^2 (s NULL: Q(W_i)). */
+static qd_err dev_block_eval(const struct search *S, struct dev_block *b, const float *s,
+                             double *ret_sse, qd_error *err) {
+    const qd_awq_params *p = S->p;
+    qd_err rc = QD_OK;
+    if (s) rc = qd_cuda_upload(b->c, b->s, s, (size_t)S->k * sizeof(float), err);
+    for (int i = 0; i < S->n_lin && !rc; i++)
+        rc = qd_awq_fake_quant_cuda(b->c, b->d.w[b->kinds[i]], S->n_out[i], S->k,
+                                    s ? b->s : NULL, p->bits, group_cols(p, S->k), p->rule,
+                                    p->scale_dtype, b->cand[i], err);
+    if (!rc) rc = dev_block_forward(b, S->n_lin, b->cand, b->y, err);
+    /* waits for the stream, so s may change once this returns */
+    if (!rc) rc = qd_sq_diff_cuda(b->c, b->y, b->y0, S->y_numel, ret_sse, err);
+    if (rc) qd_error_prefix(err, "AWQ scale search: ");
+    return rc;
+}
 #endif
 
 /* Sum of squared differences, in double. */
@@ -507,6 +565,7 @@ static qd_err search_scales(const struct search *S, const float *x_mean, bool sc
     qd_err rc = QD_OK;
 #ifdef QD_HAVE_CUDA
     struct dev_loss dev = {0};
+    struct dev_block blk = {0};
 #endif
     if (!cand_buf || !y0 || !y || !s || !w_mean) {
         rc = nomem(err, "the scale search", total + 2 * S->y_numel + 2 * k);
@@ -518,9 +577,16 @@ static qd_err search_scales(const struct search *S, const float *x_mean, bool sc
         off += S->n_out[i] * k;
     }
 
-    if ((rc = S->forward(S->ctx, NULL, y0, err))) goto done;
     double ref = 0.0;
-    for (int64_t i = 0; i < S->y_numel; i++) ref += (double)y0[i] * y0[i];
+#ifdef QD_HAVE_CUDA
+    if (S->dev_block) {
+        if ((rc = dev_block_open(S, &blk, &ref, err))) goto done;
+    } else
+#endif
+    {
+        if ((rc = S->forward(S->ctx, NULL, y0, err))) goto done;
+        for (int64_t i = 0; i < S->y_numel; i++) ref += (double)y0[i] * y0[i];
+    }
 #ifdef QD_HAVE_CUDA
     if (S->x && run_cuda(S->o) && (rc = dev_loss_open(S, y0, &dev, err))) goto done;
 #endif
@@ -530,6 +596,8 @@ static qd_err search_scales(const struct search *S, const float *x_mean, bool sc
 #ifdef QD_HAVE_CUDA
     if (dev.c) {
         if ((rc = dev_loss_eval(S, &dev, NULL, &sse_rtn, err))) goto done;
+    } else if (blk.c) {
+        if ((rc = dev_block_eval(S, &blk, NULL, &sse_rtn, err))) goto done;
     } else
 #endif
     {
@@ -560,6 +628,8 @@ static qd_err search_scales(const struct search *S, const float *x_mean, bool sc
 #ifdef QD_HAVE_CUDA
         if (dev.c) {
             if ((rc = dev_loss_eval(S, &dev, s, &sse, err))) break;
+        } else if (blk.c) {
+            if ((rc = dev_block_eval(S, &blk, s, &sse, err))) break;
         } else
 #endif
         {
@@ -589,6 +659,7 @@ static qd_err search_scales(const struct search *S, const float *x_mean, bool sc
 done:
 #ifdef QD_HAVE_CUDA
     dev_loss_close(&dev);
+    dev_block_close(&blk);
 #endif
     free(cand_buf);
     free(y0);
@@ -823,6 +894,46 @@ static qd_err group_forward(void *ctx, float *const *cand, float *y, qd_error *e
     }
 }
 
+#ifdef QD_HAVE_CUDA
+static qd_err dev_block_open(const struct search *S, struct dev_block *b, double *ret_ref,
+                             qd_error *err) {
+    const struct group_module *gm = S->dev_block;
+    const qd_calib_input *in = gm->in;
+    memset(b, 0, sizeof *b);
+    b->c = in->cuda;
+    b->x = in->x_dev;
+    b->g = in->group;
+    b->n_seq = in->n_seq;
+    b->n_tok = in->n_tok;
+    for (int i = 0; i < gm->n_lin; i++) b->kinds[i] = gm->kinds[i];
+    /* the block reads its group's linears and the one after them (o_proj, down_proj) */
+    qd_calib_group next = b->g == QD_CALIB_QKV ? QD_CALIB_O : QD_CALIB_DOWN;
+    qd_err rc;
+    if ((rc = qd_dev_fwd_init(&b->f, b->c, gm->a->m, in->seq_len, err)) ||
+        (rc = qd_dev_layer_reserve(&b->f, gm->w, &b->d, err)) ||
+        (rc = qd_dev_layer_refresh(&b->f, gm->w, b->g, &b->d, err)) ||
+        (rc = qd_dev_layer_refresh(&b->f, gm->w, next, &b->d, err)))
+        goto fail;
+    for (int i = 0; i < S->n_lin && !rc; i++)
+        rc = qd_cuda_alloc(b->c, (size_t)(S->n_out[i] * S->k) * sizeof(float),
+                           (void **)&b->cand[i], err);
+    if (rc || (rc = qd_cuda_alloc(b->c, (size_t)S->k * sizeof(float), (void **)&b->s, err)) ||
+        (rc = qd_cuda_alloc(b->c, (size_t)S->y_numel * sizeof(float), (void **)&b->y0, err)) ||
+        (rc = qd_cuda_alloc(b->c, (size_t)S->y_numel * sizeof(float), (void **)&b->y, err)))
+        goto fail;
+    float *orig[3] = {NULL, NULL, NULL};
+    for (int i = 0; i < S->n_lin; i++) orig[i] = b->d.w[b->kinds[i]];
+    if ((rc = dev_block_forward(b, S->n_lin, orig, b->y0, err)) ||
+        (rc = qd_sq_diff_cuda(b->c, b->y0, NULL, S->y_numel, ret_ref, err)))
+        goto fail;
+    return QD_OK;
+fail:
+    qd_error_prefix(err, "AWQ scale search: ");
+    dev_block_close(b);
+    return rc;
+}
+#endif
+
 static qd_err awq_group(void *ctx, const qd_calib_input *in, qd_layer_weights *w,
                         qd_error *err) {
     qd_awq *a = ctx;
@@ -864,6 +975,11 @@ static qd_err awq_group(void *ctx, const qd_calib_input *in, qd_layer_weights *w
         S.n_tok = in->n_tok;
         S.bias = w->b[gm.kinds[0]];
     }
+#ifdef QD_HAVE_CUDA
+    else if (in->x_dev && run_cuda(&a->run) && run_cuda(&a->run) == in->cuda) {
+        S.dev_block = &gm; /* the block's input is on the device: search there */
+    }
+#endif
 
     qd_awq_report rep = {.layer = in->layer, .group = g, .n_in = k};
     float *s = alloc_floats(k), *x_mean = alloc_floats(k);
