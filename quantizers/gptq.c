@@ -610,6 +610,26 @@ qd_err qd_gptq_hessian_dev_add(qd_gptq_hessian_dev *hs, const float *x, int64_t 
     return QD_OK;
 }
 
+qd_err qd_gptq_hessian_dev_add_dev(qd_gptq_hessian_dev *hs, const float *x_dev, int64_t n_tok,
+                                   int64_t n_seq, qd_error *err) {
+    if (!hs || !hs->h)
+        return qd_error_set(err, QD_ERR_INVALID_ARG, "gptq hessian: not initialised");
+    if (n_seq < 1 || n_tok < 1 || !x_dev)
+        return qd_error_set(err, QD_ERR_INVALID_ARG, "gptq hessian: bad batch (%lld rows of "
+                            "%lld sequences)", (long long)n_tok, (long long)n_seq);
+    if (hs->n > INT64_MAX - n_seq)
+        return qd_error_set(err, QD_ERR_INVALID_ARG, "gptq hessian: sample count overflows");
+    int64_t n_after = hs->n;
+    qd_err rc = qd_gptq_hessian_add_cuda(hs->cuda, hs->h, hs->k, &n_after, x_dev, n_tok, n_seq,
+                                         err);
+    if (rc != QD_OK) {
+        qd_error_prefix(err, "gptq hessian: ");
+        return rc;
+    }
+    hs->n = n_after;
+    return QD_OK;
+}
+
 qd_err qd_gptq_quantize_dev(const float *w, int n, int k, const qd_gptq_hessian_dev *hs,
                             const qd_gptq_params *p, qd_qlinear *ret_q, float *ret_dequant,
                             qd_gptq_stats *ret_stats, qd_error *err) {
@@ -699,6 +719,15 @@ qd_err qd_gptq_hessian_dev_add(qd_gptq_hessian_dev *hs, const float *x, int64_t 
                                int64_t n_seq, qd_error *err) {
     (void)hs;
     (void)x;
+    (void)n_tok;
+    (void)n_seq;
+    return no_cuda(err);
+}
+
+qd_err qd_gptq_hessian_dev_add_dev(qd_gptq_hessian_dev *hs, const float *x_dev, int64_t n_tok,
+                                   int64_t n_seq, qd_error *err) {
+    (void)hs;
+    (void)x_dev;
     (void)n_tok;
     (void)n_seq;
     return no_cuda(err);

@@ -142,6 +142,10 @@ void qd_gptq_hessian_dev_done(qd_gptq_hessian_dev *hs); /* accepts a zeroed stru
 /* qd_gptq_hessian_add with x [n_tok, k] on the host (checked for non-finite values there). */
 qd_err qd_gptq_hessian_dev_add(qd_gptq_hessian_dev *hs, const float *x, int64_t n_tok,
                                int64_t n_seq, qd_error *err);
+/* The same with x [n_tok, k] already on the Hessian's device (calib.h's x_dev): one update
+ * over the whole batch, checked for non-finite values on the device. */
+qd_err qd_gptq_hessian_dev_add_dev(qd_gptq_hessian_dev *hs, const float *x_dev, int64_t n_tok,
+                                   int64_t n_seq, qd_error *err);
 /* qd_gptq_quantize's contract with the device Hessian: w [n, k] and the results on the host. */
 qd_err qd_gptq_quantize_dev(const float *w, int n, int k, const qd_gptq_hessian_dev *hs,
                             const qd_gptq_params *p, qd_qlinear *ret_q, float *ret_dequant,

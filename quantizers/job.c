@@ -153,11 +153,15 @@ static qd_err group_rel_err(struct job *j, const qd_calib_input *in, const qd_la
             free(yb);
             return rc;
         }
+        /* per linear, then added: the order the device version sums in */
+        double num_k = 0, den_k = 0;
         for (int64_t t = 0; t < T * n_out; t++) {
             double d = (double)yb[t] - ya[t];
-            num += d * d;
-            den += (double)ya[t] * ya[t];
+            num_k += d * d;
+            den_k += (double)ya[t] * ya[t];
         }
+        num += num_k;
+        den += den_k;
         free(ya);
         free(yb);
         wo += n_out * w->n_in[k];
@@ -171,6 +175,54 @@ static struct qd_cuda *job_cuda(const struct job *j) {
     const qd_kernels *t = j->run.kernels;
     return t && t->kind == QD_BACKEND_CUDA ? (struct qd_cuda *)t->ctx : NULL;
 }
+
+#ifdef QD_HAVE_CUDA
+/* group_rel_err with the group's input on the device (in->x_dev): the same GEMMs and sums
+ * there. QD_ERR_NOMEM when the two outputs do not fit: the caller measures on the host. */
+static qd_err group_rel_err_dev(const qd_calib_input *in, const qd_layer_weights *w,
+                                const qd_linear_kind *kinds, int n_kinds, const float *orig,
+                                double *ret, qd_error *err) {
+    qd_cuda *c = in->cuda;
+    int64_t T = in->n_tok, max_w = 0, max_y = 0;
+    for (int i = 0; i < n_kinds; i++) {
+        int64_t nw = w->n_out[kinds[i]] * w->n_in[kinds[i]], ny = T * w->n_out[kinds[i]];
+        max_w = nw > max_w ? nw : max_w;
+        max_y = ny > max_y ? ny : max_y;
+    }
+    float *wa = NULL, *wb = NULL, *ya = NULL, *yb = NULL;
+    double num = 0, den = 0;
+    const float *wo = orig;
+    qd_err rc;
+    if ((rc = qd_cuda_alloc(c, (size_t)max_w * sizeof(float), (void **)&wa, err)) ||
+        (rc = qd_cuda_alloc(c, (size_t)max_w * sizeof(float), (void **)&wb, err)) ||
+        (rc = qd_cuda_alloc(c, (size_t)max_y * sizeof(float), (void **)&ya, err)) ||
+        (rc = qd_cuda_alloc(c, (size_t)max_y * sizeof(float), (void **)&yb, err)))
+        goto done;
+    for (int i = 0; i < n_kinds && !rc; i++) {
+        qd_linear_kind k = kinds[i];
+        int64_t n_out = w->n_out[k], n_in = w->n_in[k];
+        size_t wbytes = (size_t)(n_out * n_in) * sizeof(float);
+        double num_k = 0, den_k = 0;
+        if ((rc = qd_cuda_upload(c, wa, wo, wbytes, err)) ||
+            (rc = qd_cuda_upload(c, wb, w->w[k], wbytes, err)) ||
+            (rc = qd_matmul_cuda(c, ya, in->x_dev, wa, NULL, T, n_out, n_in, err)) ||
+            (rc = qd_matmul_cuda(c, yb, in->x_dev, wb, NULL, T, n_out, n_in, err)) ||
+            (rc = qd_sq_diff_cuda(c, yb, ya, T * n_out, &num_k, err)) ||
+            (rc = qd_sq_diff_cuda(c, ya, NULL, T * n_out, &den_k, err)))
+            break;
+        num += num_k;
+        den += den_k;
+        wo += n_out * n_in;
+    }
+    if (rc == QD_OK) *ret = den > 0 ? num / den : 0.0;
+done:
+    qd_cuda_free(c, wa);
+    qd_cuda_free(c, wb);
+    qd_cuda_free(c, ya);
+    qd_cuda_free(c, yb);
+    return rc;
+}
+#endif
 
 static qd_err save_orig(struct job *j, const qd_layer_weights *w, const qd_linear_kind *kinds,
                         int n, qd_error *err) {
@@ -251,7 +303,10 @@ static qd_err gptq_group_dev(struct job *j, const qd_calib_input *in, qd_layer_w
                              const qd_linear_kind *kinds, int n, qd_error *err) {
     qd_gptq_hessian_dev hs = {0};
     qd_err rc = qd_gptq_hessian_dev_init(&hs, job_cuda(j), (int)in->n_in, err);
-    if (rc == QD_OK) rc = qd_gptq_hessian_dev_add(&hs, in->x, in->n_tok, in->n_seq, err);
+    if (rc == QD_OK && in->x_dev && in->cuda == job_cuda(j))
+        rc = qd_gptq_hessian_dev_add_dev(&hs, in->x_dev, in->n_tok, in->n_seq, err);
+    else if (rc == QD_OK)
+        rc = qd_gptq_hessian_dev_add(&hs, in->x, in->n_tok, in->n_seq, err);
     for (int i = 0; rc == QD_OK && i < n; i++) {
         qd_linear_kind k = kinds[i];
         if (excluded(j, w->layer, k)) {
@@ -295,7 +350,20 @@ static qd_err gptq_group(void *ctx, const qd_calib_input *in, qd_layer_weights *
         qd_gptq_hessian_done(&hs);
     }
     double e = -1.0;
-    if (rc == QD_OK) rc = group_rel_err(j, in, w, kinds, n, j->orig, &e, err);
+    bool measured = false;
+#ifdef QD_HAVE_CUDA
+    if (rc == QD_OK && in->x_dev && in->cuda == job_cuda(j)) {
+        qd_error why = {0};
+        qd_err r2 = group_rel_err_dev(in, w, kinds, n, j->orig, &e, &why);
+        if (r2 == QD_OK) {
+            measured = true;
+        } else if (r2 != QD_ERR_NOMEM) { /* a device error; out of memory: on the host */
+            rc = r2;
+            if (err) *err = why;
+        }
+    }
+#endif
+    if (rc == QD_OK && !measured) rc = group_rel_err(j, in, w, kinds, n, j->orig, &e, err);
     if (rc == QD_OK) set_group_error(j, w->layer, in->group, e);
     return rc;
 }
@@ -733,7 +801,7 @@ static qd_err device_cuda(qd_job_device *d, int index, qd_error *err) {
 
 qd_err qd_job_device_open(const char *text, qd_job_device *ret, const char **ret_note,
                           qd_error *err) {
-    int index;
+    int index = -1;
     qd_err rc = qd_job_device_parse(text, &index, err);
     if (ret_note) *ret_note = NULL;
     if (rc != QD_OK) return rc;
