@@ -408,6 +408,8 @@ struct search {
     /* A block group (QKV, GATE_UP) whose input is on the device (qd_calib_input.x_dev): set,
      * the float output, the candidates and their outputs never leave the device. */
     const struct group_module *dev_block;
+    /* x on the device (qd_calib_input.x_dev), for the single-linear loss; NULL: uploaded */
+    const float *x_dev;
 };
 
 #ifdef QD_HAVE_CUDA
@@ -415,7 +417,8 @@ struct search {
  * (the candidates' outputs are compared without it) uploaded once, s per candidate. */
 struct dev_loss {
     qd_cuda *c;
-    void *x, *w, *y, *s;
+    void *x, *w, *y, *s;  /* x: owned copy, or NULL when the search's x_dev is used */
+    const void *xs;       /* the input the loss reads */
 };
 
 static void dev_loss_close(struct dev_loss *d) {
@@ -427,31 +430,53 @@ static void dev_loss_close(struct dev_loss *d) {
     memset(d, 0, sizeof *d);
 }
 
+/* y0: the float output computed on the host, or NULL when x is on the device (S->x_dev):
+ * then the output is computed there and *ret_ref (optional otherwise) gets its sum of
+ * squares, bias included, as search_scales' reference. */
 static qd_err dev_loss_open(const struct search *S, const float *y0, struct dev_loss *d,
-                            qd_error *err) {
+                            double *ret_ref, qd_error *err) {
     int64_t n = S->n_out[0], k = S->k;
     float *yr = NULL;
+    void *bias = NULL;
     memset(d, 0, sizeof *d);
     d->c = run_cuda(S->o);
-    if (S->bias) {
+    if (y0 && S->bias) {
         yr = alloc_floats(S->y_numel);
         if (!yr) return nomem(err, "the scale search's reference output", S->y_numel);
         for (int64_t t = 0; t < S->n_tok; t++)
             for (int64_t r = 0; r < n; r++) yr[t * n + r] = y0[t * n + r] - S->bias[r];
     }
-    qd_err rc;
-    if ((rc = qd_cuda_alloc(d->c, (size_t)(S->n_tok * k) * sizeof(float), &d->x, err)) ||
-        (rc = qd_cuda_alloc(d->c, (size_t)(n * k) * sizeof(float), &d->w, err)) ||
+    qd_err rc = QD_OK;
+    if (!S->x_dev &&
+        (rc = qd_cuda_alloc(d->c, (size_t)(S->n_tok * k) * sizeof(float), &d->x, err)) == QD_OK)
+        rc = qd_cuda_upload(d->c, d->x, S->x, (size_t)(S->n_tok * k) * sizeof(float), err);
+    d->xs = S->x_dev ? (const void *)S->x_dev : d->x;
+    if (rc || (rc = qd_cuda_alloc(d->c, (size_t)(n * k) * sizeof(float), &d->w, err)) ||
         (rc = qd_cuda_alloc(d->c, (size_t)S->y_numel * sizeof(float), &d->y, err)) ||
         (rc = qd_cuda_alloc(d->c, (size_t)k * sizeof(float), &d->s, err)) ||
-        (rc = qd_cuda_upload(d->c, d->x, S->x, (size_t)(S->n_tok * k) * sizeof(float), err)) ||
-        (rc = qd_cuda_upload(d->c, d->w, S->w[0], (size_t)(n * k) * sizeof(float), err)) ||
-        (rc = qd_cuda_upload(d->c, d->y, yr ? yr : y0, (size_t)S->y_numel * sizeof(float),
-                             err)) ||
-        (rc = qd_cuda_sync(d->c, err))) {
+        (rc = qd_cuda_upload(d->c, d->w, S->w[0], (size_t)(n * k) * sizeof(float), err)))
+        goto done;
+    if (y0) {
+        rc = qd_cuda_upload(d->c, d->y, yr ? yr : y0, (size_t)S->y_numel * sizeof(float), err);
+    } else { /* the reference with the bias, then the compared output without it */
+        if (S->bias &&
+            ((rc = qd_cuda_alloc(d->c, (size_t)n * sizeof(float), &bias, err)) ||
+             (rc = qd_cuda_upload(d->c, bias, S->bias, (size_t)n * sizeof(float), err))))
+            goto done;
+        double ref = 0.0;
+        if ((rc = qd_matmul_cuda(d->c, d->y, d->xs, d->w, bias, S->n_tok, n, k, err)) ||
+            (rc = qd_sq_diff_cuda(d->c, d->y, NULL, S->y_numel, &ref, err)))
+            goto done;
+        if (ret_ref) *ret_ref = ref;
+        if (bias) rc = qd_matmul_cuda(d->c, d->y, d->xs, d->w, NULL, S->n_tok, n, k, err);
+    }
+    if (rc == QD_OK) rc = qd_cuda_sync(d->c, err);
+done:
+    if (rc) {
         qd_error_prefix(err, "AWQ scale search: ");
         dev_loss_close(d);
     }
+    if (bias) qd_cuda_free(run_cuda(S->o), bias);
     free(yr);
     return rc;
 }
@@ -463,7 +488,7 @@ static qd_err dev_loss_eval(const struct search *S, struct dev_loss *d, const fl
     qd_err rc = QD_OK;
     if (s) rc = qd_cuda_upload(d->c, d->s, s, (size_t)S->k * sizeof(float), err);
     if (rc == QD_OK)
-        rc = qd_awq_loss_cuda(d->c, d->x, S->n_tok, d->w, S->n_out[0], S->k, s ? d->s : NULL,
+        rc = qd_awq_loss_cuda(d->c, d->xs, S->n_tok, d->w, S->n_out[0], S->k, s ? d->s : NULL,
                               p->bits, group_cols(p, S->k), p->rule, p->scale_dtype, d->y,
                               ret_sse, err);
     if (rc) qd_error_prefix(err, "AWQ scale search: ");
@@ -581,15 +606,17 @@ static qd_err search_scales(const struct search *S, const float *x_mean, bool sc
 #ifdef QD_HAVE_CUDA
     if (S->dev_block) {
         if ((rc = dev_block_open(S, &blk, &ref, err))) goto done;
+    } else if (S->x && S->x_dev && run_cuda(S->o)) {
+        if ((rc = dev_loss_open(S, NULL, &dev, &ref, err))) goto done;
     } else
 #endif
     {
         if ((rc = S->forward(S->ctx, NULL, y0, err))) goto done;
         for (int64_t i = 0; i < S->y_numel; i++) ref += (double)y0[i] * y0[i];
-    }
 #ifdef QD_HAVE_CUDA
-    if (S->x && run_cuda(S->o) && (rc = dev_loss_open(S, y0, &dev, err))) goto done;
+        if (S->x && run_cuda(S->o) && (rc = dev_loss_open(S, y0, &dev, NULL, err))) goto done;
 #endif
+    }
 
     /* s = 1: the error plain round-to-nearest would leave (for the report) */
     double sse_rtn = 0.0;
@@ -974,6 +1001,9 @@ static qd_err awq_group(void *ctx, const qd_calib_input *in, qd_layer_weights *w
         S.x = in->x;
         S.n_tok = in->n_tok;
         S.bias = w->b[gm.kinds[0]];
+#ifdef QD_HAVE_CUDA
+        if (in->x_dev && run_cuda(&a->run) == in->cuda) S.x_dev = in->x_dev;
+#endif
     }
 #ifdef QD_HAVE_CUDA
     else if (in->x_dev && run_cuda(&a->run) && run_cuda(&a->run) == in->cuda) {
