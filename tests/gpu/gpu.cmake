@@ -52,3 +52,11 @@ const void *qd_cuda_module_v1(void) { return &table; }\n")
             $<TARGET_FILE:quantd-cuda> $<TARGET_FILE_DIR:qd-fake-libcuda>
             $<TARGET_FILE:qd-fake-cuda-module>)
 endif()
+# the host emulator of the CUDA module and the tests that run the GPU code paths on it
+include(${CMAKE_CURRENT_SOURCE_DIR}/gpu/emu.cmake)
+
+# test-calib-dev: the calibration driver's layers on cuda:0 (calib.h, "On a device") against
+# the host run; exact on the emulated device, to 1e-4 on a GPU; skipped (77) without either.
+qd_c_test(test-calib-dev LABELS gpu SOURCES gpu/test-calib-dev.c runtime/rt-model.c
+          LIBS qd_quantizers qd_kernels)
+qd_emu_test(emu-calib-dev COMMAND test-calib-dev)
